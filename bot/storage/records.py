@@ -1,0 +1,77 @@
+"""Plain frozen records returned by the repository, so no ORM object leaks out of ``bot.storage``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+JobStatus = Literal["queued", "running", "done", "failed", "refused", "cancelled"]
+UNFINISHED: tuple[JobStatus, ...] = ("queued", "running")
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One /imagine (or rerun) as journalled: enough to run it again and deliver it after a restart."""
+
+    id: int
+    guild_id: int | None
+    channel_id: int
+    user_id: int
+    interaction_id: int | None
+    interaction_token: str | None
+    application_id: int | None
+    message_id: int | None
+    prompt: str
+    negative_prompt: str
+    seed: int
+    steps: int
+    guidance: float
+    width: int
+    height: int
+    count: int
+    scheduler: str
+    model: str
+    status: JobStatus
+    error: str | None
+    parent_job_id: int | None
+    queued_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: int
+    job_id: int
+    index: int
+    seed: int
+    path: str
+    sha256: str
+    size_bytes: int
+    width: int
+    height: int
+    nsfw: bool
+    pruned: bool
+    message_id: int | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class GuildSettingsRecord:
+    guild_id: int
+    blocked_terms: tuple[str, ...]
+    nsfw_policy: str | None
+    images_per_window: int | None
+    window_seconds: int | None
+    max_queued_per_user: int | None
+    contest_channel_id: int | None
+
+
+@dataclass(frozen=True)
+class MemberStats:
+    user_id: int
+    jobs: int
+    images: int
+    first_seen: datetime
+    last_seen: datetime
