@@ -18,6 +18,9 @@ class GenerationSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(DEFAULT_MODEL, description="hub id, local diffusers folder, .safetensors/.ckpt file, or 'tiny'")
+    single_file_config: str | None = Field(
+        None, description="local diffusers folder of the base model, for a single-file model without network"
+    )
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     dtype: Literal["auto", "fp16", "bf16", "fp32"] = "auto"
     fallback_to_tiny: bool = Field(

@@ -38,6 +38,12 @@ class JobRecord:
     queued_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    prompt_truncated: bool = False
+
+    @property
+    def worker_job_id(self) -> str:
+        """The id the generation worker knows this job by."""
+        return str(self.id)
 
 
 @dataclass(frozen=True)
@@ -75,3 +81,29 @@ class MemberStats:
     images: int
     first_seen: datetime
     last_seen: datetime
+
+
+@dataclass(frozen=True)
+class GuildStats:
+    """What a guild has asked for: jobs per status, images made, distinct members, busiest members."""
+
+    guild_id: int
+    jobs_by_status: dict[str, int]
+    images: int
+    members: int
+    top_members: tuple[tuple[int, int], ...]  # (user_id, images), busiest first
+    moderation_events: int
+
+
+@dataclass(frozen=True)
+class ModerationEventRecord:
+    id: int
+    guild_id: int | None
+    channel_id: int | None
+    user_id: int
+    prompt_sha256: str
+    prompt_excerpt: str
+    category: str | None
+    rule: str | None
+    source: str
+    created_at: datetime

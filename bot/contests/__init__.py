@@ -1,0 +1,1 @@
+"""Image contests: theme, submission window, voting window, results picture and an all-time leaderboard."""

@@ -1,0 +1,160 @@
+"""The async database handle (SQLAlchemy 2 + aiosqlite or asyncpg) and the migration entry points.
+
+SQLite is tuned on every new connection (WAL so readers never block the writer, foreign keys on, a busy
+timeout so concurrent writers wait instead of failing) and its transactions are started by us, so a
+read-then-write transaction can ask for ``BEGIN IMMEDIATE`` and never hit "database is locked" half-way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+BUSY_TIMEOUT_MS = 30_000
+_IMMEDIATE = "imagine_immediate"
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL, or None for memory databases and other back ends."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    if parsed.database.startswith("file:"):
+        return None
+    return Path(parsed.database)
+
+
+def _install_sqlite_hooks(engine: AsyncEngine, busy_timeout_ms: int) -> None:
+    """PRAGMAs on each pooled connection, and explicit BEGIN (IMMEDIATE for write sessions)."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, decide when transactions start (see _on_begin).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get(_IMMEDIATE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+class Database:
+    """One engine plus a session factory; the only way the rest of the bot reaches the database."""
+
+    def __init__(self, engine: AsyncEngine, url: str) -> None:
+        self.engine = engine
+        self.url = url
+        self.is_sqlite = engine.dialect.name == "sqlite"
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+    @classmethod
+    def connect(cls, url: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS, echo: bool = False) -> Database:
+        """Create the engine (no I/O yet); for a SQLite file, its folder is created first."""
+        path = sqlite_file(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        kwargs: dict[str, Any] = {"echo": echo}
+        if not is_sqlite(url):
+            kwargs["pool_pre_ping"] = True
+        engine = create_async_engine(url, **kwargs)
+        if engine.dialect.name == "sqlite":
+            _install_sqlite_hooks(engine, busy_timeout_ms)
+        return cls(engine, url)
+
+    @contextlib.asynccontextmanager
+    async def session(self, *, write: bool = False) -> AsyncIterator[AsyncSession]:
+        """A session inside one transaction: committed on success, rolled back on error.
+
+        ``write=True`` takes SQLite's write lock at BEGIN, which a transaction that reads and then writes
+        needs so that another writer cannot invalidate its snapshot (SQLITE_BUSY without waiting).
+        """
+        async with self._sessions() as session, session.begin():
+            if write and self.is_sqlite:
+                # Procured before any statement, so the BEGIN of this transaction sees the option.
+                await session.connection(execution_options={_IMMEDIATE: True})
+            yield session
+
+    async def create_all(self) -> None:
+        """Create the tables straight from the models (tests); production uses :func:`upgrade_to_head`."""
+        from bot.storage.models import Base
+
+        async with self.engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def alembic_config(url: str) -> Any:
+    """An Alembic Config that works from a source checkout and from an installed wheel alike."""
+    from alembic.config import Config
+
+    import migrations
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(migrations.__file__).resolve().parent))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    config.attributes["configure_logging"] = False
+    return config
+
+
+def run_alembic(url: str, command: str, revision: str | None = None) -> str | None:
+    """Synchronously run ``upgrade``/``downgrade``/``current`` (``current`` returns the revision shown)."""
+    from alembic import command as alembic_command
+
+    path = sqlite_file(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    config = alembic_config(url)
+    if command == "upgrade":
+        alembic_command.upgrade(config, revision or "head")
+    elif command == "downgrade":
+        alembic_command.downgrade(config, revision or "-1")
+    elif command == "current":
+        return current_revision(url)
+    else:
+        raise ValueError(f"unknown migration command {command!r}")
+    return None
+
+
+def current_revision(url: str) -> str | None:
+    """The revision the database is at (None when it has never been migrated); call it off the event loop."""
+    path = sqlite_file(url)
+    if path is not None and not path.exists():
+        return None  # do not create an empty file just to look
+    return asyncio.run(_current_revision_async(url))
+
+
+async def _current_revision_async(url: str) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(lambda c: MigrationContext.configure(c).get_current_revision())
+    finally:
+        await engine.dispose()
+
+
+async def upgrade_to_head(url: str) -> None:
+    """Migrate to the newest revision at start, in a thread so the event loop keeps running."""
+    await asyncio.to_thread(run_alembic, url, "upgrade", "head")

@@ -1,0 +1,445 @@
+"""Every query the bot makes, as plain async functions returning frozen records (never ORM objects).
+
+Only SQLAlchemy constructs are used (no dialect-specific SQL text), so SQLite and PostgreSQL behave alike.
+Status changes are conditional updates: a job that already finished is never moved back by a late event.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.storage.db import Database
+from bot.storage.models import GuildSettings, Image, Job, Member, ModerationEvent, utcnow
+from bot.storage.records import (
+    UNFINISHED,
+    GuildSettingsRecord,
+    GuildStats,
+    ImageRecord,
+    JobRecord,
+    JobStatus,
+    MemberStats,
+    ModerationEventRecord,
+)
+
+R = TypeVar("R")
+EXCERPT_CHARS = 80
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()
+"""Marks a keyword of :func:`update_guild_settings` as "leave as is" (None means "clear")."""
+
+
+def _record(cls: type[R], row: Any) -> R:
+    return cls(**{f.name: getattr(row, f.name) for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
+
+
+def _job(row: Job) -> JobRecord:
+    return _record(JobRecord, row)
+
+
+def _image(row: Image) -> ImageRecord:
+    return _record(ImageRecord, row)
+
+
+# --- members -----------------------------------------------------------------------------------------------
+
+
+async def _touch_member(session: AsyncSession, user_id: int, jobs: int, images: int, at: datetime) -> Member:
+    member = await session.get(Member, user_id)
+    if member is None:
+        try:
+            async with session.begin_nested():
+                member = Member(user_id=user_id, first_seen=at, last_seen=at, total_jobs=0, total_images=0)
+                session.add(member)
+        except IntegrityError:  # another process created it first (PostgreSQL without a write lock)
+            member = await session.get(Member, user_id, populate_existing=True)
+            assert member is not None
+    member.last_seen = max(member.last_seen, at)
+    member.total_jobs += jobs
+    member.total_images += images
+    await session.flush()
+    return member
+
+
+def _member_stats(member: Member) -> MemberStats:
+    return MemberStats(user_id=member.user_id, jobs=member.total_jobs, images=member.total_images,
+                       first_seen=member.first_seen, last_seen=member.last_seen)
+
+
+async def touch_member(db: Database, user_id: int, *, jobs: int = 0, images: int = 0,
+                       at: datetime | None = None) -> MemberStats:
+    """Note that a member was seen (first/last seen) and add to their totals."""
+    async with db.session(write=True) as session:
+        return _member_stats(await _touch_member(session, user_id, jobs, images, at or utcnow()))
+
+
+async def member_stats(db: Database, user_id: int) -> MemberStats | None:
+    async with db.session() as session:
+        member = await session.get(Member, user_id)
+        return _member_stats(member) if member else None
+
+
+# --- jobs --------------------------------------------------------------------------------------------------
+
+
+async def create_job(
+    db: Database,
+    *,
+    guild_id: int | None,
+    channel_id: int,
+    user_id: int,
+    prompt: str,
+    negative_prompt: str,
+    seed: int,
+    steps: int,
+    guidance: float,
+    width: int,
+    height: int,
+    count: int,
+    scheduler: str,
+    model: str,
+    interaction_id: int | None = None,
+    interaction_token: str | None = None,
+    application_id: int | None = None,
+    parent_job_id: int | None = None,
+    ledger_entry_id: int | None = None,
+) -> JobRecord:
+    """Journal a new job (status ``queued``), count it for the member, and link its rate-limit entry."""
+    from bot.storage.models import RateLimitEntry
+
+    now = utcnow()
+    async with db.session(write=True) as session:
+        job = Job(
+            guild_id=guild_id, channel_id=channel_id, user_id=user_id, interaction_id=interaction_id,
+            interaction_token=interaction_token, application_id=application_id, prompt=prompt,
+            negative_prompt=negative_prompt, seed=seed, steps=steps, guidance=guidance, width=width,
+            height=height, count=count, scheduler=scheduler, model=model, status="queued",
+            parent_job_id=parent_job_id, queued_at=now, prompt_truncated=False,
+        )
+        session.add(job)
+        await session.flush()
+        if ledger_entry_id is not None:
+            await session.execute(update(RateLimitEntry).where(RateLimitEntry.id == ledger_entry_id)
+                                  .values(job_id=job.id))
+        await _touch_member(session, user_id, 1, count, now)
+        return _job(job)
+
+
+_ALLOWED_FROM: dict[str, tuple[str, ...]] = {
+    "queued": ("running",),  # a running job interrupted by a restart starts over
+    "running": ("queued", "running"),
+    "done": ("queued", "running"),
+    "failed": ("queued", "running"),
+    "refused": ("queued",),
+    "cancelled": ("queued", "running"),
+}
+
+
+async def _transition(db: Database, job_id: int, status: JobStatus, **values: Any) -> JobRecord:
+    """Move a job to ``status`` only from the states that may lead there; return the job as it now is."""
+    async with db.session(write=True) as session:
+        await session.execute(
+            update(Job).where(Job.id == job_id, Job.status.in_(_ALLOWED_FROM[status]))
+            .values(status=status, **values)
+            .execution_options(synchronize_session=False)
+        )
+        job = await session.get(Job, job_id)
+        if job is None:
+            raise LookupError(f"no job {job_id}")
+        return _job(job)
+
+
+async def mark_running(db: Database, job_id: int) -> JobRecord:
+    return await _transition(db, job_id, "running", started_at=utcnow())
+
+
+async def mark_done(db: Database, job_id: int, *, prompt_truncated: bool = False) -> JobRecord:
+    return await _transition(db, job_id, "done", finished_at=utcnow(), error=None,
+                             prompt_truncated=prompt_truncated)
+
+
+async def mark_failed(db: Database, job_id: int, error: str) -> JobRecord:
+    return await _transition(db, job_id, "failed", finished_at=utcnow(), error=error)
+
+
+async def mark_refused(db: Database, job_id: int, reason: str | None = None) -> JobRecord:
+    return await _transition(db, job_id, "refused", finished_at=utcnow(), error=reason)
+
+
+async def mark_cancelled(db: Database, job_id: int) -> JobRecord:
+    return await _transition(db, job_id, "cancelled", finished_at=utcnow())
+
+
+async def requeue(db: Database, job_id: int) -> JobRecord:
+    """Put a job left ``running`` by a crash back to ``queued`` (it starts over)."""
+    return await _transition(db, job_id, "queued", started_at=None)
+
+
+async def set_job_message(db: Database, job_id: int, message_id: int | None) -> JobRecord:
+    """Remember the message that shows the job's result (for buttons and reactions on it)."""
+    async with db.session(write=True) as session:
+        job = await session.get(Job, job_id)
+        if job is None:
+            raise LookupError(f"no job {job_id}")
+        job.message_id = message_id
+        await session.flush()
+        return _job(job)
+
+
+async def get_job(db: Database, job_id: int) -> JobRecord | None:
+    async with db.session() as session:
+        job = await session.get(Job, job_id)
+        return _job(job) if job else None
+
+
+async def find_job_by_message(db: Database, message_id: int) -> JobRecord | None:
+    """The job whose result message, or one of whose images' posted message, is ``message_id``."""
+    async with db.session() as session:
+        posted = select(Image.job_id).where(Image.message_id == message_id)
+        stmt = (select(Job).where(or_(Job.message_id == message_id, Job.id.in_(posted)))
+                .order_by(Job.id.desc()).limit(1))
+        job = (await session.scalars(stmt)).first()
+        return _job(job) if job else None
+
+
+async def jobs_for_user(db: Database, guild_id: int | None, user_id: int, limit: int = 10) -> list[JobRecord]:
+    """A member's most recent jobs in a guild, newest first."""
+    async with db.session() as session:
+        stmt = (select(Job).where(Job.guild_id == guild_id, Job.user_id == user_id)
+                .order_by(Job.id.desc()).limit(limit))
+        return [_job(j) for j in await session.scalars(stmt)]
+
+
+async def unfinished_jobs(db: Database) -> list[JobRecord]:
+    """Jobs left queued or running (by a crash or restart), in the order they were accepted."""
+    async with db.session() as session:
+        stmt = select(Job).where(Job.status.in_(UNFINISHED)).order_by(Job.id)
+        return [_job(j) for j in await session.scalars(stmt)]
+
+
+async def count_active_jobs(db: Database, guild_id: int | None, user_id: int) -> int:
+    """Jobs queued or running for a member."""
+    async with db.session() as session:
+        stmt = select(func.count(Job.id)).where(Job.guild_id == guild_id, Job.user_id == user_id,
+                                                 Job.status.in_(UNFINISHED))
+        return int(await session.scalar(stmt) or 0)
+
+
+# --- images ------------------------------------------------------------------------------------------------
+
+
+async def add_image(
+    db: Database,
+    job_id: int,
+    *,
+    index: int,
+    seed: int,
+    path: str,
+    sha256: str,
+    size_bytes: int,
+    width: int,
+    height: int,
+    nsfw: bool = False,
+) -> ImageRecord:
+    """Record a saved PNG; a job that runs again after a restart replaces its earlier row for ``index``."""
+    now = utcnow()
+    async with db.session(write=True) as session:
+        row = (await session.scalars(select(Image).where(Image.job_id == job_id, Image.index == index))).first()
+        if row is None:
+            row = Image(job_id=job_id, index=index, message_id=None)
+            session.add(row)
+        row.seed, row.path, row.sha256, row.size_bytes = seed, path, sha256, size_bytes
+        row.width, row.height, row.nsfw, row.pruned, row.created_at = width, height, nsfw, False, now
+        await session.flush()
+        return _image(row)
+
+
+async def images_for_job(db: Database, job_id: int) -> list[ImageRecord]:
+    async with db.session() as session:
+        stmt = select(Image).where(Image.job_id == job_id).order_by(Image.index)
+        return [_image(i) for i in await session.scalars(stmt)]
+
+
+async def get_image(db: Database, image_id: int) -> ImageRecord | None:
+    async with db.session() as session:
+        row = await session.get(Image, image_id)
+        return _image(row) if row else None
+
+
+async def set_image_message(db: Database, job_id: int, message_id: int | None,
+                            indexes: Iterable[int] | None = None) -> list[ImageRecord]:
+    """Remember the message an image (all of the job's, or ``indexes``) was posted in."""
+    async with db.session(write=True) as session:
+        stmt = update(Image).where(Image.job_id == job_id).values(message_id=message_id)
+        if indexes is not None:
+            stmt = stmt.where(Image.index.in_(list(indexes)))
+        await session.execute(stmt.execution_options(synchronize_session=False))
+        rows = await session.scalars(select(Image).where(Image.job_id == job_id).order_by(Image.index))
+        return [_image(i) for i in rows]
+
+
+async def set_image_nsfw(db: Database, image_id: int, nsfw: bool) -> None:
+    async with db.session(write=True) as session:
+        await session.execute(update(Image).where(Image.id == image_id).values(nsfw=nsfw))
+
+
+async def stored_images(db: Database, *, older_than: datetime | None = None) -> list[ImageRecord]:
+    """Images whose file should exist (not pruned), optionally only those created before a time."""
+    async with db.session() as session:
+        stmt = select(Image).where(Image.pruned.is_(False)).order_by(Image.id)
+        if older_than is not None:
+            stmt = stmt.where(Image.created_at < older_than)
+        return [_image(i) for i in await session.scalars(stmt)]
+
+
+async def all_image_paths(db: Database) -> set[str]:
+    """Every path a row names (pruned or not): a file on disk not in here is an orphan."""
+    async with db.session() as session:
+        return set(await session.scalars(select(Image.path)))
+
+
+async def mark_images_pruned(db: Database, image_ids: Sequence[int]) -> int:
+    if not image_ids:
+        return 0
+    async with db.session(write=True) as session:
+        result = await session.execute(update(Image).where(Image.id.in_(list(image_ids))).values(pruned=True))
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+# --- moderation --------------------------------------------------------------------------------------------
+
+
+async def record_moderation_event(
+    db: Database,
+    *,
+    guild_id: int | None,
+    user_id: int,
+    prompt: str,
+    category: str | None,
+    rule: str | None,
+    channel_id: int | None = None,
+    source: str = "prompt",
+) -> ModerationEventRecord:
+    """Log a refusal; the prompt is kept only as a hash and a short excerpt."""
+    async with db.session(write=True) as session:
+        event = ModerationEvent(
+            guild_id=guild_id, channel_id=channel_id, user_id=user_id,
+            prompt_sha256=hashlib.sha256(prompt.encode("utf-8")).hexdigest(),
+            prompt_excerpt=prompt[:EXCERPT_CHARS], category=category, rule=rule, source=source,
+            created_at=utcnow(),
+        )
+        session.add(event)
+        await session.flush()
+        return _record(ModerationEventRecord, event)
+
+
+async def moderation_events(db: Database, guild_id: int | None, limit: int = 20) -> list[ModerationEventRecord]:
+    """A guild's most recent refusals, newest first."""
+    async with db.session() as session:
+        stmt = (select(ModerationEvent).where(ModerationEvent.guild_id == guild_id)
+                .order_by(ModerationEvent.id.desc()).limit(limit))
+        return [_record(ModerationEventRecord, e) for e in await session.scalars(stmt)]
+
+
+# --- guild settings ----------------------------------------------------------------------------------------
+
+
+def _guild(row: GuildSettings | None, guild_id: int) -> GuildSettingsRecord:
+    if row is None:
+        return GuildSettingsRecord(guild_id=guild_id, blocked_terms=(), nsfw_policy=None, images_per_window=None,
+                                   window_seconds=None, max_queued_per_user=None, contest_channel_id=None)
+    return GuildSettingsRecord(
+        guild_id=row.guild_id, blocked_terms=tuple(row.blocked_terms or ()), nsfw_policy=row.nsfw_policy,
+        images_per_window=row.images_per_window, window_seconds=row.window_seconds,
+        max_queued_per_user=row.max_queued_per_user, contest_channel_id=row.contest_channel_id,
+    )
+
+
+async def get_guild_settings(db: Database, guild_id: int) -> GuildSettingsRecord:
+    """A guild's settings; a guild never configured gets the empty record (config.yaml decides)."""
+    async with db.session() as session:
+        return _guild(await session.get(GuildSettings, guild_id), guild_id)
+
+
+async def update_guild_settings(
+    db: Database,
+    guild_id: int,
+    *,
+    add_terms: Iterable[str] = (),
+    remove_terms: Iterable[str] = (),
+    nsfw_policy: str | None = UNSET,
+    images_per_window: int | None = UNSET,
+    window_seconds: int | None = UNSET,
+    max_queued_per_user: int | None = UNSET,
+    contest_channel_id: int | None = UNSET,
+) -> GuildSettingsRecord:
+    """Change what is given (``None`` clears an override); blocked terms are trimmed, de-duplicated, sorted."""
+    async with db.session(write=True) as session:
+        row = await session.get(GuildSettings, guild_id)
+        if row is None:
+            try:
+                async with session.begin_nested():
+                    row = GuildSettings(guild_id=guild_id, blocked_terms=[], updated_at=utcnow())
+                    session.add(row)
+            except IntegrityError:
+                row = await session.get(GuildSettings, guild_id, populate_existing=True)
+                assert row is not None
+        terms = {t for t in (row.blocked_terms or [])}
+        terms |= {t.strip() for t in add_terms if t.strip()}
+        removed = {t.strip().casefold() for t in remove_terms}
+        row.blocked_terms = sorted(t for t in terms if t.casefold() not in removed)
+        for name, value in (("nsfw_policy", nsfw_policy), ("images_per_window", images_per_window),
+                            ("window_seconds", window_seconds), ("max_queued_per_user", max_queued_per_user),
+                            ("contest_channel_id", contest_channel_id)):
+            if value is not UNSET:
+                setattr(row, name, value)
+        row.updated_at = utcnow()
+        await session.flush()
+        return _guild(row, guild_id)
+
+
+async def add_blocked_terms(db: Database, guild_id: int, terms: Iterable[str]) -> tuple[str, ...]:
+    return (await update_guild_settings(db, guild_id, add_terms=terms)).blocked_terms
+
+
+async def remove_blocked_terms(db: Database, guild_id: int, terms: Iterable[str]) -> tuple[str, ...]:
+    return (await update_guild_settings(db, guild_id, remove_terms=terms)).blocked_terms
+
+
+async def list_blocked_terms(db: Database, guild_id: int) -> tuple[str, ...]:
+    return (await get_guild_settings(db, guild_id)).blocked_terms
+
+
+# --- stats -------------------------------------------------------------------------------------------------
+
+
+async def guild_stats(db: Database, guild_id: int, *, top: int = 5) -> GuildStats:
+    """Counts for a guild's /stats: jobs per status, images stored, distinct members, busiest members."""
+    async with db.session() as session:
+        by_status = {status: int(n) for status, n in await session.execute(
+            select(Job.status, func.count(Job.id)).where(Job.guild_id == guild_id).group_by(Job.status))}
+        images = int(await session.scalar(
+            select(func.count(Image.id)).join(Job, Image.job_id == Job.id).where(Job.guild_id == guild_id)) or 0)
+        members = int(await session.scalar(
+            select(func.count(func.distinct(Job.user_id))).where(Job.guild_id == guild_id)) or 0)
+        per_member = func.count(Image.id).label("n")
+        top_rows = await session.execute(
+            select(Job.user_id, per_member).join(Image, Image.job_id == Job.id).where(Job.guild_id == guild_id)
+            .group_by(Job.user_id).order_by(per_member.desc(), Job.user_id).limit(top))
+        events = int(await session.scalar(
+            select(func.count(ModerationEvent.id)).where(ModerationEvent.guild_id == guild_id)) or 0)
+        return GuildStats(guild_id=guild_id, jobs_by_status=by_status, images=images, members=members,
+                          top_members=tuple((int(u), int(n)) for u, n in top_rows), moderation_events=events)
