@@ -32,10 +32,13 @@ COGS_PACKAGE = "bot.cogs"
 
 
 def bot_intents() -> discord.Intents:
-    """Guilds (channels, roles, permissions) and guild reactions (🔄 reruns); nothing privileged."""
+    """Guilds (channels, roles, permissions), guild reactions (🔄 reruns, ⭐ contest votes) and guild messages
+    (MESSAGE_DELETE, so deleting a contest entry's message withdraws it); nothing privileged (no message content).
+    """
     intents = discord.Intents.none()
     intents.guilds = True
     intents.guild_reactions = True
+    intents.guild_messages = True
     return intents
 
 

@@ -18,7 +18,7 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -85,7 +85,6 @@ def parameters_text(job: JobRecord, services: Services | None = None) -> str:
     texts = []
     try:
         from generation.png import parameters_text as png_parameters
-
         from generation.request import GenerationRequest
 
         request = GenerationRequest(
@@ -153,6 +152,9 @@ class Delivery:
         self.settings = services.settings
         self._watched: dict[int, Watched] = {}
         self._abandoned: dict[int, str] = {}  # job id -> reason it was marked failed before it ran
+        # Cogs add buttons under results here (contests: "Submit to contest"); each returns items for a job.
+        self.result_item_providers: list[Callable[[JobRecord, Sequence[ImageRecord]],
+                                                  Awaitable[list[discord.ui.Item[Any]]]]] = []
 
     # --- while the job waits and runs --------------------------------------------------------------------
 
@@ -278,8 +280,6 @@ class Delivery:
     async def post_result(self, job: JobRecord, images: Sequence[ImageRecord], result: GenerationResult,
                           watched: Watched | None) -> discord.Message | None:
         """Fit, check and post the images publicly with the embed and buttons; record the message id."""
-        from bot.views import result_view
-
         size_limit = watched.size_limit if watched is not None else self.settings.discord.attachment_size_limit
         generated = sorted(result.images, key=lambda image: image.index)
         pngs = [image.png for image in generated]
@@ -315,7 +315,7 @@ class Delivery:
             lines.append(f"⚠️ {banner}")
         lines += [f"-# {note}" for note in notes]
         content = formatting.truncate("\n".join(lines), formatting.MESSAGE_CONTENT_LIMIT)
-        extra: dict[str, Any] = {"view": result_view(job.id)} if files else {}
+        extra: dict[str, Any] = {"view": await self._result_view(job, images)} if files else {}
 
         message = None
         if token_usable(job):
@@ -340,8 +340,21 @@ class Delivery:
         if watched is not None:
             link = getattr(message, "jump_url", "")
             await self.edit_status(watched, final=True, content=f"Done: {link}" if link else "Done.", attachments=[])
-        log.info("result posted", extra={"job": job.id, "message": message.id, "images": len(files)})
+        log.info("result posted", extra={"job": job.id, "message_id": message.id, "images": len(files)})
         return message
+
+    async def _result_view(self, job: JobRecord, images: Sequence[ImageRecord]) -> discord.ui.View:
+        """The result buttons, plus what the cogs' providers add (a failing provider only loses its items)."""
+        from bot.views import result_view
+
+        view = result_view(job.id)
+        for provider in list(self.result_item_providers):
+            try:
+                for item in await provider(job, images):
+                    view.add_item(item)
+            except Exception:
+                log.exception("result item provider %r failed for job %s", provider, job.id)
+        return view
 
     async def _apply_safety(self, job: JobRecord, pngs: list[bytes]) -> list[Any]:
         """Run the output checker (if any) in a thread and apply the channel's policy to each image."""

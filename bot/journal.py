@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 Outcome = GenerationResult | BaseException
 Listener = Callable[[JobRecord, list[ImageRecord], Outcome], Awaitable[None]]
 
-STATUS_POLL_SECONDS = 0.1
+STATUS_POLL_SECONDS = 0.2
 SAVE_FAILED_MESSAGE = "The images were made but could not be saved; the error was logged for the bot's admin."
 RECOVERY_QUEUE_FULL = "The bot restarted with more unfinished jobs than its queue holds; please ask again."
 

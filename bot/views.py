@@ -43,7 +43,7 @@ def parse_custom_id(value: str) -> tuple[str, int] | None:
 
 def can_delete(job: JobRecord, user_id: int, permissions: discord.Permissions | None) -> bool:
     """The requester, or anyone allowed to manage messages in that channel."""
-    return user_id == job.user_id or bool(permissions and permissions.manage_messages)
+    return user_id == job.user_id or bool(permissions and (permissions.manage_messages or permissions.administrator))
 
 
 class _JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"$^"):

@@ -152,13 +152,15 @@ async def _run(request: GenerationRequest, settings: GenerationSettings, show_pr
         follower = asyncio.create_task(follow())
         try:
             result = await handle
+        except asyncio.CancelledError:  # Ctrl-C: stop the pipeline at its next step rather than finish the image
+            handle.cancel()
+            raise
         except GenerationError as exc:
-            bar.close()
             print(f"error: {exc.message}", file=sys.stderr)
             return EXIT_FAILED
         finally:
-            await follower
-        bar.close()
+            await asyncio.gather(follower, return_exceptions=True)  # ends with the job
+            bar.close()
     finally:
         await worker.close()
 

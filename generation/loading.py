@@ -106,12 +106,14 @@ def _unet_prefixes(config: dict[str, Any], keys: set[str]) -> list[tuple[str, st
         if i < levels - 1:
             pairs.append((f"down_blocks.{i}.downsamplers.0.conv.", f"input_blocks.{per * (i + 1)}.0.op."))
             up_has_attention = any(k.startswith(f"up_blocks.{i}.attentions.") for k in keys)
-            pairs.append((f"up_blocks.{i}.upsamplers.0.", f"output_blocks.{per * i + per - 1}.{2 if up_has_attention else 1}."))
+            slot = 2 if up_has_attention else 1  # the upsampler follows the attention when there is one
+            pairs.append((f"up_blocks.{i}.upsamplers.0.", f"output_blocks.{per * i + per - 1}.{slot}."))
     return pairs
 
 
 _UNET_RESNET_PARTS = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"),
-                      ("conv2", "out_layers.3"), ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection")]
+                      ("conv2", "out_layers.3"), ("time_emb_proj", "emb_layers.1"),
+                      ("conv_shortcut", "skip_connection")]
 _VAE_ATTENTION_PARTS = [("group_norm.", "norm."), ("to_q.", "q."), ("to_k.", "k."), ("to_v.", "v."),
                         ("to_out.0.", "proj_out.")]
 

@@ -6,6 +6,7 @@ prompt, seed, sampler and size back; :func:`parse_parameters` reads it back for 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 from typing import Any
@@ -96,15 +97,11 @@ def parse_parameters(text: str) -> dict[str, Any]:
     for key, raw in _PAIR.findall(last):
         value: Any = _unquote(raw)
         if key in ("Steps", "Seed", "Clip skip"):
-            try:
+            with contextlib.suppress(ValueError):
                 value = int(value)
-            except ValueError:
-                pass
         elif key == "CFG scale":
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value)
-            except ValueError:
-                pass
         elif key == "Size":
             match = re.fullmatch(r"(\d+)x(\d+)", value)
             if match:

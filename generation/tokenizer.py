@@ -26,7 +26,7 @@ NUM_MERGES = 1200
 _FORMAT_VERSION = "1"
 
 # Words that show up in image prompts; the BPE merges are learned from these (more frequent ones repeated).
-_WORDS = """
+_WORD_TEXT = """
 a an the of and with in on at by for to from into over under near behind above below portrait photo photograph
 painting drawing illustration sketch render rendering art artwork digital oil watercolor canvas style by artist
 detailed highly intricate beautiful cinematic lighting light dramatic soft volumetric golden hour sunset sunrise
@@ -46,10 +46,11 @@ metal glass crystal paper cute scary happy sad angry peaceful calm magical mysti
 anime manga cartoon comic pixel low poly isometric 3d 2d vector logo icon poster cover wallpaper scene landscape
 cityscape interior exterior room window door table chair bed book cup coffee tea food cake apple banana
 astronaut knight wizard witch princess king queen warrior samurai ninja pirate soldier monster alien ghost zombie
-""".split()
-_FREQUENT = set(
-    "a the of and with in on by photo portrait painting detailed highly beautiful lighting style art of quality".split()
-)
+"""
+_WORDS = _WORD_TEXT.split()
+_FREQUENT_TEXT = "a the of and with in on by photo portrait painting detailed highly beautiful lighting style art " \
+    "quality"
+_FREQUENT = set(_FREQUENT_TEXT.split())
 
 
 def _bytes_to_unicode() -> dict[int, str]:

@@ -64,7 +64,10 @@ class BatchEngine(Protocol):
 
 @dataclass(frozen=True)
 class Progress:
-    """Step ``step`` of ``total`` finished; ``preview_png`` is a small preview of the first image, sometimes."""
+    """Step ``step`` of ``total`` finished; ``preview_png`` is a small preview of the first image, sometimes.
+
+    Steps restart from 1 if the batch is retried after an out-of-memory split.
+    """
 
     step: int
     total: int

@@ -9,7 +9,7 @@ denial: a failing check never leaves an interaction unanswered.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import discord
 from discord import app_commands
@@ -141,9 +141,9 @@ class Admin(commands.Cog):
     async def limits(
         self,
         interaction: discord.Interaction,
-        images_per_window: Optional[app_commands.Range[int, 0, 10_000]] = None,
-        window_seconds: Optional[app_commands.Range[int, 1, 30 * 86_400]] = None,
-        max_queued: Optional[app_commands.Range[int, 0, 100]] = None,
+        images_per_window: app_commands.Range[int, 0, 10000] | None = None,
+        window_seconds: app_commands.Range[int, 1, 30 * 86400] | None = None,
+        max_queued: app_commands.Range[int, 0, 100] | None = None,
         reset: bool = False,
     ) -> None:
         db, guild_id = self.services.db, interaction.guild_id

@@ -7,7 +7,7 @@ they reach us, and :func:`generation.request.validate_request` still checks ever
 """
 
 import logging
-from typing import Any, Optional
+from typing import Any
 
 import discord
 from discord import app_commands
@@ -104,14 +104,14 @@ def make_imagine_cog(settings: GenerationSettings) -> type[ImagineBase]:
             self,
             interaction: discord.Interaction,
             prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS],
-            negative_prompt: Optional[app_commands.Range[str, 0, MAX_PROMPT_CHARS]] = None,
-            seed: Optional[app_commands.Range[int, 0, MAX_SEED]] = None,
-            steps: Optional[app_commands.Range[int, 1, max_steps]] = None,
-            guidance: Optional[app_commands.Range[float, MIN_GUIDANCE, MAX_GUIDANCE]] = None,
-            width: Optional[app_commands.Range[int, min_size, max_size]] = None,
-            height: Optional[app_commands.Range[int, min_size, max_size]] = None,
+            negative_prompt: app_commands.Range[str, 0, MAX_PROMPT_CHARS] | None = None,
+            seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+            steps: app_commands.Range[int, 1, max_steps] | None = None,
+            guidance: app_commands.Range[float, MIN_GUIDANCE, MAX_GUIDANCE] | None = None,
+            width: app_commands.Range[int, min_size, max_size] | None = None,
+            height: app_commands.Range[int, min_size, max_size] | None = None,
             count: app_commands.Range[int, 1, MAX_COUNT] = 1,
-            scheduler: Optional[app_commands.Choice[str]] = None,
+            scheduler: app_commands.Choice[str] | None = None,
         ) -> None:
             # First, always: Discord wants an answer within 3 s whatever the queue or the database does.
             await interaction.response.defer(ephemeral=True, thinking=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import Any, Optional
+from typing import Any
 
 import discord
 from discord import app_commands
@@ -79,7 +79,7 @@ class Jobs(commands.Cog):
                     data = await read_image(self.services.images_dir, image)
                 except OSError:
                     continue
-                limit = getattr(interaction, "filesize_limit", None) or self.services.settings.discord.attachment_size_limit
+                limit = self.bot.delivery.size_limit_for(interaction)
                 if len(data) <= limit:
                     files.append(discord.File(io.BytesIO(data), filename=f"imagine-{job.id}-{image.index}.png"))
         status = f"Status: **{job.status}**" + (f" — {job.error}" if job.error else "")
@@ -92,7 +92,8 @@ class Jobs(commands.Cog):
     @app_commands.command(name="cancel", description="Cancel your latest unfinished job (or the one you name)")
     @app_commands.guild_only()
     @app_commands.describe(job_id="the job to cancel (default: your latest unfinished job)")
-    async def cancel(self, interaction: discord.Interaction, job_id: Optional[app_commands.Range[int, 1]] = None) -> None:
+    async def cancel(self, interaction: discord.Interaction,
+                     job_id: app_commands.Range[int, 1] | None = None) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         db = self.services.db
         if job_id is None:

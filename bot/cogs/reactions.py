@@ -46,7 +46,7 @@ class Reactions(commands.Cog):
         try:
             await self.rerun(payload)
         except Exception:
-            log.exception("rerun by reaction failed", extra={"message": payload.message_id, "user": payload.user_id})
+            log.exception("rerun by reaction failed", extra={"message_id": payload.message_id, "user": payload.user_id})
 
     async def rerun(self, payload: discord.RawReactionActionEvent) -> None:
         job = await repository.find_job_by_message(self.services.db, payload.message_id)

@@ -237,7 +237,9 @@ class ContestService:
         job = await repository.get_job(self.db, job_id)
         if job is None or (guild_id is not None and job.guild_id not in (None, guild_id)):
             raise RuleError(f"I do not know an image job with id {job_id} in this server.", code="no_job")
-        allowed = await self._prompt_allowed(guild_id, job.prompt)  # today's filter, not the one it passed
+        # Today's filter and terms, not the ones it passed when it was generated.
+        allowed = all([await self._prompt_allowed(guild_id, text) for text in (job.prompt, job.negative_prompt)
+                       if text])
 
         def validate(current: ContestRecord, candidate: EntryCandidate | None) -> None:
             if candidate is None:
@@ -256,6 +258,31 @@ class ContestService:
 
     async def entry_posted(self, entry_id: int, message_id: int | None) -> None:
         await repo.set_entry_message(self.db, entry_id, message_id)
+
+    async def withdraw(self, entry_id: int) -> EntryRecord | None:
+        """Remove an entry outright (its message could not be posted)."""
+        return await repo.delete_entry(self.db, entry_id)
+
+    async def entry_image(self, entry: EntryRecord) -> bytes | None:
+        """The entry's PNG from the images folder (None when the file is gone)."""
+        if entry.job_id is None:
+            return None
+        from bot.storage import repository
+
+        for image in await repository.images_for_job(self.db, entry.job_id):
+            if image.index == entry.image_index and not image.pruned:
+                return await asyncio.to_thread(self._read_image, image.path)
+        return None
+
+    async def submittable(self, channel_id: int, queued_at: datetime) -> ContestRecord | None:
+        """The channel's contest when a job queued at ``queued_at`` could still enter it (for result buttons)."""
+        contest = await repo.running_contest(self.db, channel_id)
+        if contest is None:
+            return None
+        windows = windows_of(contest)
+        if rules.phase_at(windows, self.clock.now(), contest.state) != "submitting":
+            return None
+        return contest if windows.starts_at <= queued_at < windows.submit_ends_at else None
 
     async def vote(self, entry_id: int, voter_id: int) -> VoteChange:
         """Add a star: one per member per entry, never one's own, only while voting is open."""
@@ -354,3 +381,15 @@ class ContestService:
 
     def remaining(self, when: datetime) -> timedelta:
         return when - self.clock.now()
+
+
+def build_contest_service(db: Database, *, content_filter: PromptFilter | None, images_dir: Path | str,
+                          clock: Clock | None = None) -> ContestService:
+    """What the composition root calls: entries are re-checked against the filter with the guild's own terms."""
+    from bot.storage import repository
+
+    async def guild_terms(guild_id: int) -> tuple[str, ...]:
+        return (await repository.get_guild_settings(db, guild_id)).blocked_terms
+
+    return ContestService(db, clock=clock, content_filter=content_filter, guild_terms=guild_terms,
+                          images_dir=images_dir)

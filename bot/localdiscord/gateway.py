@@ -33,6 +33,7 @@ class GatewayConnection:
     def __init__(self, ws: web.WebSocketResponse, request: web.Request, *, zlib_stream: bool) -> None:
         self.ws = ws
         self.request = request
+        self.zlib_stream = zlib_stream
         self._compressor = zlib.compressobj() if zlib_stream else None
         self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._writer = asyncio.create_task(self._write_loop())

@@ -168,6 +168,7 @@ class HarnessMixin:
             id=int(payload["id"]), token=token, type=kind, member=guild_member, user=user, channel=channel,
             payload=payload, created_monotonic=time.monotonic(), created_wall=time.time(), server=self,
             component_message_id=message.id if message is not None else None,
+            component_edits_at_start=message.edits if message is not None else 0,
         )
         self.interactions[interaction.id] = interaction
         self._interactions_by_token[token] = interaction
@@ -177,6 +178,14 @@ class HarnessMixin:
             "user_id": str(user.id), "data": data,
         })
         return interaction
+
+    def get_member(self: LocalDiscordServer, key: int | str, guild: Any = None) -> Member:
+        """A member of ``guild`` (default: the default guild) by user id or username (for the playground)."""
+        guild = guild or self.guild
+        for member in guild.members.values():
+            if member.id == key or member.name == key or str(member.id) == str(key):
+                return member
+        raise KeyError(f"no member {key!r} in {guild.name}")
 
     def find_command(self: LocalDiscordServer, name: str, guild_id: int | None = None) -> dict[str, Any]:
         """The synced command ``name`` (guild commands of ``guild_id`` first, then global)."""
@@ -203,6 +212,12 @@ class HarnessMixin:
         missing required options, choices and min/max bounds raise ``ValueError`` as Discord's client would
         refuse to send them.
         """
+        data = await self._command_data(name, channel, options or {}, validate=validate)
+        return await self._dispatch_interaction(2, member, channel, data, locale=locale)
+
+    async def _command_data(self: LocalDiscordServer, name: str, channel: Channel, options: dict[str, Any], *,
+                            validate: bool) -> dict[str, Any]:
+        """The ``data`` of an APPLICATION_COMMAND interaction, from the synced definition of ``/name``."""
         parts = name.strip().lstrip("/").split()
         command = self.find_command(parts[0], channel.guild_id)
         resolved: dict[str, dict[str, Any]] = {}
@@ -219,7 +234,7 @@ class HarnessMixin:
         if validate and any(o["type"] in (SUB_COMMAND, SUB_COMMAND_GROUP) for o in leaf_defs):
             raise LookupError(f"/{name} needs a subcommand: {[o['name'] for o in leaf_defs]}")
         guild = self._guild_of(channel)
-        values = self._build_options(leaf_defs, options or {}, resolved, guild, validate=validate)
+        values = self._build_options(leaf_defs, options, resolved, guild, validate=validate)
         for sub in reversed(chain):
             values = [{"name": sub["name"], "type": sub["type"], "options": values}]
         data: dict[str, Any] = {"id": command["id"], "name": command["name"], "type": 1, "options": values}
@@ -227,7 +242,7 @@ class HarnessMixin:
             data["guild_id"] = command["guild_id"]
         if resolved:
             data["resolved"] = resolved
-        return await self._dispatch_interaction(2, member, channel, data, locale=locale)
+        return data
 
     def _build_options(self: LocalDiscordServer, defs: list[dict[str, Any]], given: dict[str, Any],
                        resolved: dict[str, dict[str, Any]], guild: Any, *, validate: bool) -> list[dict[str, Any]]:
@@ -264,7 +279,7 @@ class HarnessMixin:
         elif kind == NUMBER:
             result = float(value)
         elif kind == BOOLEAN:
-            result = bool(value)
+            result = value.strip().lower() in ("1", "true", "yes", "on") if isinstance(value, str) else bool(value)
         elif kind == CHANNEL:
             channel = value if isinstance(value, Channel) else self.channels.get(int(value))
             if channel is None:
@@ -341,16 +356,47 @@ class HarnessMixin:
         return await self._dispatch_interaction(3, member, channel, data, message=target)
 
     async def submit_modal(self: LocalDiscordServer, member: Member | User, interaction: Interaction,
-                           values: dict[str, str]) -> Interaction:
-        """Submit the modal the bot showed for ``interaction`` with text input ``values`` by custom_id."""
+                           values: dict[str, Any]) -> Interaction:
+        """Submit the modal the bot showed for ``interaction`` (type 5). ``values`` maps a text input's
+        custom_id to its text (a select's custom_id to a list of values); the submission mirrors the modal's
+        own layout (action rows or labels), as Discord sends it."""
         modal = interaction.modal
         if modal is None:
             raise LookupError(f"interaction {interaction.id} showed no modal")
-        rows = [{"type": 1, "components": [{"type": 4, "custom_id": k, "value": v}]} for k, v in values.items()]
+
+        def answer(component: dict[str, Any]) -> dict[str, Any]:
+            kind = component.get("type")
+            if kind == 1:
+                rows = [answer(c) for c in component["components"]]
+                return {"type": 1, "id": component.get("id"), "components": rows}
+            if kind == 18:
+                return {"type": 18, "id": component.get("id"), "component": answer(component["component"])}
+            custom_id = component.get("custom_id")
+            value = values.get(custom_id, component.get("value") or "")
+            if kind == 4:
+                return {"type": 4, "id": component.get("id"), "custom_id": custom_id, "value": str(value)}
+            return {"type": kind, "id": component.get("id"), "custom_id": custom_id, "values": list(value or [])}
+
+        data = {"custom_id": modal.get("custom_id"), "components": [answer(c) for c in modal.get("components", [])]}
         message = self.messages.get(interaction.component_message_id or -1)
-        return await self._dispatch_interaction(5, member, interaction.channel,
-                                                {"custom_id": modal.get("custom_id"), "components": rows},
-                                                message=message)
+        return await self._dispatch_interaction(5, member, interaction.channel, data, message=message)
+
+    async def autocomplete(self: LocalDiscordServer, member: Member | User, channel: Channel, name: str,
+                           options: dict[str, Any], focused: str) -> Interaction:
+        """Type in option ``focused`` of ``/name`` (type 4); the bot's choices land in
+        ``interaction.autocomplete_choices`` (await ``interaction.wait_for_ack()`` first)."""
+        typed = dict(options)
+        partial = typed.pop(focused, "")
+        interaction_data = await self._command_data(name, channel, typed, validate=False)
+        parts = name.strip().lstrip("/").split()
+        defs = self.find_command(parts[0], channel.guild_id).get("options") or []
+        leaf = interaction_data["options"]
+        for part in parts[1:]:
+            defs = next(o for o in defs if o["name"] == part).get("options") or []
+            leaf = leaf[0]["options"]
+        kind = next((o["type"] for o in defs if o["name"] == focused), STRING)
+        leaf.append({"name": focused, "type": kind, "value": str(partial), "focused": True})
+        return await self._dispatch_interaction(4, member, channel, interaction_data)
 
     async def react(self: LocalDiscordServer, member: Member | User, message: Message | int, emoji: str) -> None:
         """Add ``emoji`` as ``member`` (MESSAGE_REACTION_ADD with the member, like Discord)."""

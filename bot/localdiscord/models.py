@@ -390,6 +390,7 @@ class Interaction:
     response_data: dict[str, Any] | None = None
     original_message_id: int | None = None
     component_message_id: int | None = None
+    component_edits_at_start: int = 0
     message_ids: list[int] = field(default_factory=list)
     modal: dict[str, Any] | None = None
     autocomplete_choices: list[dict[str, Any]] | None = None
@@ -431,8 +432,8 @@ class Interaction:
             for message in self.messages:
                 if message.loading or message.deleted:
                     continue
-                if message.id == self.component_message_id and self.response_type == 6 and not message.edits:
-                    continue
+                if message.id == self.component_message_id and message.edits == self.component_edits_at_start:
+                    continue  # a deferred update (type 6) shows nothing until the bot edits the message
                 if predicate is None or predicate(message):
                     return message
             return None

@@ -183,6 +183,7 @@ class LocalDiscordServer(HarnessMixin):
         self.events: list[ServerEvent] = []
         self.sessions: dict[str, gw.GatewaySession] = {}
         self.identify_count = 0
+        self.gateway_log: list[dict[str, Any]] = []  # one entry per websocket: query, compression, time
         self.resume_count = 0
         self._faults: list[FaultRule] = []
         self._subscribers: list[EventCallback] = []
@@ -614,6 +615,7 @@ class LocalDiscordServer(HarnessMixin):
         ws = web.WebSocketResponse(max_msg_size=0, autoping=True)
         await ws.prepare(request)
         conn = gw.GatewayConnection(ws, request, zlib_stream=request.query.get("compress") == "zlib-stream")
+        self.gateway_log.append({"query": dict(request.query), "zlib_stream": conn.zlib_stream, "time": time.time()})
         self._connections.add(conn)
         conn.send({"op": gw.HELLO, "d": {"heartbeat_interval": self.heartbeat_interval_ms}, "s": None, "t": None})
         session: gw.GatewaySession | None = None

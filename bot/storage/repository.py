@@ -12,12 +12,12 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.storage.db import Database
-from bot.storage.models import GuildSettings, Image, Job, Member, ModerationEvent, utcnow
+from bot.storage.models import GuildSettings, Image, Job, Member, ModerationEvent, UTCDateTime, utcnow
 from bot.storage.records import (
     UNFINISHED,
     GuildSettingsRecord,
@@ -166,8 +166,14 @@ async def mark_running(db: Database, job_id: int) -> JobRecord:
     return await _transition(db, job_id, "running", started_at=utcnow())
 
 
+def _started_by(now: datetime) -> Any:
+    """A job that finished before its start was seen (a very fast run) started at the latest now."""
+    return func.coalesce(Job.started_at, literal(now, UTCDateTime))
+
+
 async def mark_done(db: Database, job_id: int, *, prompt_truncated: bool = False) -> JobRecord:
-    return await _transition(db, job_id, "done", finished_at=utcnow(), error=None,
+    now = utcnow()
+    return await _transition(db, job_id, "done", finished_at=now, started_at=_started_by(now), error=None,
                              prompt_truncated=prompt_truncated)
 
 
@@ -312,11 +318,15 @@ async def all_image_paths(db: Database) -> set[str]:
 
 
 async def mark_images_pruned(db: Database, image_ids: Sequence[int]) -> int:
-    if not image_ids:
-        return 0
-    async with db.session(write=True) as session:
-        result = await session.execute(update(Image).where(Image.id.in_(list(image_ids))).values(pruned=True))
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    """Mark rows whose file is gone (pruned or lost); in chunks, to stay under SQLite's bound-parameter limit."""
+    marked = 0
+    ids = list(image_ids)
+    for start in range(0, len(ids), 500):
+        async with db.session(write=True) as session:
+            result = await session.execute(update(Image).where(Image.id.in_(ids[start:start + 500]))
+                                           .values(pruned=True))
+            marked += int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return marked
 
 
 # --- moderation --------------------------------------------------------------------------------------------

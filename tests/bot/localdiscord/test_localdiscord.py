@@ -63,6 +63,34 @@ class RerollView(discord.ui.View):
         await interaction.response.send_message(f"rerolled by {interaction.user.id}", ephemeral=True)
 
 
+class RenameModal(discord.ui.Modal, title="Rename"):
+    new_name = discord.ui.TextInput(label="New name", custom_id="new_name")
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        await interaction.response.send_message(f"renamed to {self.new_name.value}")
+
+
+class PanelView(discord.ui.View):
+    """A non-persistent view: discord.py binds it to the message id the callback response returns."""
+
+    @discord.ui.button(label="Upscale", custom_id="upscale")
+    async def upscale(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        await interaction.response.defer()  # type 6 for a component
+        await interaction.edit_original_response(content="upscaled")  # PATCH .../messages/@original
+        await interaction.followup.send("upscaled copy", ephemeral=True)
+
+    @discord.ui.button(label="Rename", custom_id="rename")
+    async def rename(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        await interaction.response.send_modal(RenameModal())
+
+    @discord.ui.button(label="Hide", custom_id="hide")
+    async def hide(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        await interaction.response.edit_message(content="hidden", view=None)  # type 7
+
+
+STYLES = ["cinematic", "comic", "watercolor"]
+
+
 class LocalCog(commands.Cog):
     contest = app_commands.Group(name="contest", description="image contests")
 
@@ -102,6 +130,18 @@ class LocalCog(commands.Cog):
             await interaction.followup.send("done")
         except discord.HTTPException as exc:
             self.bot.record.errors.append(exc)
+
+    @app_commands.command(name="panel", description="a message with buttons")
+    async def panel(self, interaction: discord.Interaction) -> None:
+        await interaction.response.send_message("panel", view=PanelView(timeout=60))
+
+    @app_commands.command(name="style", description="pick a style")
+    async def style(self, interaction: discord.Interaction, name: str) -> None:
+        await interaction.response.send_message(f"style {name}")
+
+    @style.autocomplete("name")
+    async def style_names(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        return [app_commands.Choice(name=s, value=s) for s in STYLES if s.startswith(current)]
 
     @commands.Cog.listener()
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
@@ -164,9 +204,11 @@ async def test_configure_endpoints_points_discord_py_and_is_noop_for_defaults() 
     try:
         configure_endpoints("http://127.0.0.1:9/api/v10/", "ws://127.0.0.1:9/gateway")
         assert discord.http.Route("GET", "/users/@me").url == "http://127.0.0.1:9/api/v10/users/@me"
-        assert discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY == yarl.URL("ws://127.0.0.1:9/gateway")
+        gateway = discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+        assert gateway == yarl.URL("ws://127.0.0.1:9/gateway")
         configure_endpoints(DISCORD_API, DISCORD_GATEWAY)
-        assert (discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY) == original
+        now = (discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY)
+        assert now == original
         assert current_endpoints() == ("https://discord.com/api/v10", "wss://gateway.discord.gg/")
     finally:
         reset_endpoints()
@@ -183,9 +225,10 @@ async def test_login_ready_guild_and_command_sync(world: World) -> None:
     admin_role = next(r for r in guild.roles if r.name == "Admin")
     assert admin_role.permissions.administrator and admin_role.permissions.manage_guild
     assert server.identify_count == 1
+    await server._wait_until(lambda: bot.latency < 1, 5, "a heartbeat ACK")  # inf until the first ACK
 
     synced = {c["name"]: c for c in server.guild_commands[server.guild.id].values()}
-    assert {"imagine", "contest", "slow", "later"} <= set(synced)
+    assert {"imagine", "contest", "slow", "later", "panel", "style"} <= set(synced)
     imagine = {o["name"]: o for o in synced["imagine"]["options"]}
     assert imagine["prompt"]["type"] == 3 and imagine["prompt"]["required"]
     assert (imagine["steps"]["type"], imagine["steps"]["min_value"], imagine["steps"]["max_value"]) == (4, 1, 50)
@@ -245,6 +288,35 @@ async def test_subcommand_admin_permission_and_events(world: World) -> None:
         await server.send_command(server.admin, server.general, "imagine", {})
     with pytest.raises(ValueError, match="not within"):
         await server.send_command(server.admin, server.general, "imagine", {"prompt": "x", "steps": 99})
+
+
+async def test_component_update_edit_original_modal_and_autocomplete(world: World) -> None:
+    server = world.server
+    bob = server.members["bob"]
+    panel = await (await server.send_command(bob, server.general, "panel")).wait_for_response(timeout=5)
+    assert set(panel.custom_ids()) == {"upscale", "rename", "hide"}
+
+    upscale = await server.press_button(bob, panel, "upscale")
+    assert await upscale.wait_for_ack() == 6
+    copy = await upscale.wait_for_response(timeout=5, predicate=lambda m: m.id != panel.id)
+    assert copy.content == "upscaled copy" and copy.ephemeral
+    assert panel.content == "upscaled" and panel.edited_timestamp is not None
+    assert server.calls("PATCH", "/webhooks/*/*/messages/@original")
+
+    rename = await server.press_button(bob, panel, "rename")
+    modal = await rename.wait_for_modal()
+    assert modal["title"] == "Rename"
+    submitted = await server.submit_modal(bob, rename, {"new_name": "Bob's fox"})
+    assert (await submitted.wait_for_response(timeout=5)).content == "renamed to Bob's fox"
+
+    hide = await server.press_button(bob, panel, "hide")
+    assert await hide.wait_for_ack() == 7
+    assert panel.content == "hidden" and panel.components == []
+
+    typed = await server.autocomplete(bob, server.general, "style", {"name": "c"}, focused="name")
+    assert await typed.wait_for_ack() == 8
+    assert [c["value"] for c in typed.autocomplete_choices] == ["cinematic", "comic"]
+    assert server.gateway_log[0]["zlib_stream"]  # discord.py asked for zlib-stream and decoded it
 
 
 async def test_reaction_on_uncached_message_reaches_raw_listener(world: World) -> None:
@@ -326,3 +398,37 @@ async def test_unknown_route_and_bad_token_are_reported(world: World) -> None:
             assert r.status == 401
         async with http.get(f"{server.api_base_url}/users/@me", headers={"Authorization": f"Bot {TOKEN}"}) as r:
             assert r.status == 200 and (await r.json())["id"] == str(server.bot_user.id)
+
+
+async def test_rest_surface_parses_in_discord_py(world: World) -> None:
+    """The REST calls a bot typically makes return payloads discord.py accepts."""
+    server, bot = world.server, world.bot
+    channel = bot.get_channel(server.general.id)
+    sent = await channel.send("first", file=discord.File(io.BytesIO(PNG), "a.png"))
+    assert sent.attachments[0].filename == "a.png" and sent.attachments[0].width == 2
+    assert await sent.attachments[0].read() == PNG  # served from the local attachment URL
+    edited = await sent.edit(content="second", attachments=[sent.attachments[0],
+                                                            discord.File(io.BytesIO(b"x"), "b.txt")])
+    assert edited.content == "second" and [a.filename for a in edited.attachments] == ["a.png", "b.txt"]
+    await sent.add_reaction("✅")
+    fetched = await channel.fetch_message(sent.id)
+    assert fetched.reactions[0].me and str(fetched.reactions[0].emoji) == "✅"
+    await sent.remove_reaction("✅", bot.user)
+    reply = await sent.reply("a reply")
+    assert reply.reference is not None and reply.reference.message_id == sent.id
+    history = [m.id async for m in channel.history(limit=10)]
+    assert history[:2] == [reply.id, sent.id]
+    await reply.delete()
+    assert server.messages[reply.id].deleted
+    assert (await bot.fetch_channel(server.nsfw_channel.id)).is_nsfw()
+    assert (await bot.fetch_guild(server.guild.id)).name == "Imagine Test Guild"
+    alice = await bot.get_guild(server.guild.id).fetch_member(server.admin.id)
+    assert alice.guild_permissions.administrator
+    user = await bot.fetch_user(server.members["bob"].id)
+    dm = await user.create_dm()
+    await dm.send("hello in private")
+    assert server.bot_messages(channel=dm.id)[0].content == "hello in private"
+    assert server.drop_gateway(abort=False, code=4000) == 1  # a resumable close frame this time
+    await server._wait_until(lambda: server.resume_count and server.connected, 10, "a RESUME")
+    events = [e.type for e in server.events]
+    assert {"message_create", "message_update", "message_delete", "reaction_add", "reaction_remove"} <= set(events)

@@ -35,7 +35,10 @@ async def test_failed_refused_cancelled_requeue(db: Database) -> None:
     a = await repo.create_job(db, **JOB)
     b = await repo.create_job(db, **JOB)
     c = await repo.create_job(db, **JOB)
-    assert (await repo.mark_failed(db, a.id, "oom")).error == "oom"
+    failed = await repo.mark_failed(db, a.id, "oom")
+    assert failed.error == "oom" and failed.started_at is None  # never ran
+    quick = await repo.mark_done(db, (await repo.create_job(db, **JOB)).id)  # finished before "running" was seen
+    assert quick.started_at == quick.finished_at
     assert (await repo.mark_refused(db, b.id, "queue full")).status == "refused"
     await repo.mark_running(db, c.id)
     again = await repo.requeue(db, c.id)
