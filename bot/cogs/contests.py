@@ -244,7 +244,8 @@ class ContestCog(commands.GroupCog, name="Contests", group_name="contest",
         await self._channel(contest).send(text, allowed_mentions=NO_MENTIONS)
 
     async def results_ready(self, contest: ContestRecord, outcome: Outcome) -> int | None:
-        names = await self.display_names(contest.guild_id, [r.entry.user_id for r in outcome.ranking])
+        names = await self.display_names(contest.guild_id,
+                                         [r.entry.user_id for r in outcome.ranking[:RANKING_LINES]])
         picture = await self.service.picture(outcome, names)
         kwargs: dict[str, Any] = {}
         if picture is not None:

@@ -235,7 +235,7 @@ class ContestService:
         from bot.storage import repository  # the job journal's repository (read before the write transaction)
 
         job = await repository.get_job(self.db, job_id)
-        if job is None or (guild_id is not None and job.guild_id not in (None, guild_id)):
+        if job is None or job.guild_id != guild_id:  # DM images and other servers' images cannot enter
             raise RuleError(f"I do not know an image job with id {job_id} in this server.", code="no_job")
         # Today's filter and terms, not the ones it passed when it was generated.
         allowed = all([await self._prompt_allowed(guild_id, text) for text in (job.prompt, job.negative_prompt)

@@ -104,14 +104,24 @@ class Database:
         await self.engine.dispose()
 
 
+def migrations_dir() -> Path:
+    """The folder of the ``migrations`` package, wherever it is installed (wheel, checkout, editable)."""
+    import migrations
+
+    if getattr(migrations, "__file__", None):
+        return Path(migrations.__file__).resolve().parent
+    for entry in getattr(migrations, "__path__", ()):  # an editable install made before __init__.py existed
+        if (Path(entry) / "env.py").is_file():
+            return Path(entry).resolve()
+    raise RuntimeError("the migrations package is not installed with its env.py; reinstall imagine-bot")
+
+
 def alembic_config(url: str) -> Any:
     """An Alembic Config that works from a source checkout and from an installed wheel alike."""
     from alembic.config import Config
 
-    import migrations
-
     config = Config()
-    config.set_main_option("script_location", str(Path(migrations.__file__).resolve().parent))
+    config.set_main_option("script_location", str(migrations_dir()))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     config.attributes["configure_logging"] = False
     return config

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,7 +15,14 @@ from discord import app_commands
 from bot.client import APOLOGY, ImagineTree, bot_intents, describe_check_failure
 from bot.cogs.admin import admin_check, is_admin
 from bot.cogs.jobs import history_lines, pick_job_to_cancel
-from tests.bot.test_views import JOB
+from bot.storage.records import JobRecord
+
+JOB = JobRecord(
+    id=42, guild_id=1, channel_id=2, user_id=3, interaction_id=None, interaction_token=None, application_id=None,
+    message_id=None, prompt="a cat", negative_prompt="", seed=7, steps=2, guidance=7.5, width=64, height=64,
+    count=1, scheduler="euler", model="tiny", status="done", error=None, parent_job_id=None,
+    queued_at=datetime(2026, 1, 1, tzinfo=UTC), started_at=None, finished_at=None,
+)
 
 
 class FakeResponse:
@@ -103,8 +112,6 @@ async def test_unexpected_error_apologises_and_logs_traceback(tree: ImagineTree,
 
 
 def test_history_and_cancel_pick() -> None:
-    import dataclasses
-
     assert "no jobs" in history_lines([])
     done = dataclasses.replace(JOB, id=3, status="done", message_id=9)
     queued = dataclasses.replace(JOB, id=2, status="queued")

@@ -9,8 +9,16 @@ import discord
 import pytest
 
 from bot.storage.records import JobRecord
-from bot.views import DYNAMIC_ITEMS, DeleteButton, ParamsButton, RerunButton, can_delete, custom_id, parse_custom_id
-from bot.views import result_view
+from bot.views import (
+    DYNAMIC_ITEMS,
+    DeleteButton,
+    ParamsButton,
+    RerunButton,
+    can_delete,
+    custom_id,
+    parse_custom_id,
+    result_view,
+)
 
 JOB = JobRecord(
     id=42, guild_id=1, channel_id=2, user_id=3, interaction_id=None, interaction_token=None, application_id=None,
