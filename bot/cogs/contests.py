@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 VOTE_EMOJI = "⭐"
 NO_MENTIONS = discord.AllowedMentions.none()
 NOTICE_DELETE_AFTER = 20.0
-RANKING_LINES = 25
+MESSAGE_LIMIT = 2000
 LEADERBOARD_LINES = 15
 MAX_SUBMIT_BUTTONS = 4
 
@@ -141,21 +141,28 @@ def announcement_text(contest: ContestRecord) -> str:
     )
 
 
-def ranking_text(outcome: Outcome, names: dict[int, str]) -> str:
+def ranking_messages(outcome: Outcome) -> list[str]:
+    """The full ranking as text, split into as many messages as Discord's 2000-character limit needs."""
     contest = outcome.contest
     if not outcome.ranking:
-        return f"🏁 **Contest over: {truncate(contest.theme, 200)}**\nNo entries this time."
+        return [f"🏁 **Contest over: {truncate(contest.theme, 200)}**\nNo entries this time."]
     medals = {1: "🥇", 2: "🥈", 3: "🥉"}
     lines = [f"🏁 **Results: {truncate(contest.theme, 200)}**"]
-    for ranked in outcome.ranking[:RANKING_LINES]:
+    for ranked in outcome.ranking:
         votes = f"{ranked.votes} vote{'' if ranked.votes == 1 else 's'}"
-        name = names.get(ranked.entry.user_id) or "unknown member"
-        lines.append(f"{medals.get(ranked.place, f'{ranked.place}.')} <@{ranked.entry.user_id}> ({name}): {votes}"
+        lines.append(f"{medals.get(ranked.place, f'{ranked.place}.')} <@{ranked.entry.user_id}>: {votes}"
                      f" (entry #{ranked.entry.id})")
-    if len(outcome.ranking) > RANKING_LINES:
-        lines.append(f"…and {len(outcome.ranking) - RANKING_LINES} more.")
-    lines.append("-# Ties go to the earlier submission. Points for the leaderboard: 3, 2, 1.")
-    return truncate("\n".join(lines), 2000)
+    lines.append("-# Ties go to the earlier submission. Leaderboard points: 3, 2 and 1 for the podium.")
+    chunks: list[str] = []
+    current = ""
+    for line in lines:
+        if current and len(current) + 1 + len(line) > MESSAGE_LIMIT:
+            chunks.append(current)
+            current = line
+        else:
+            current = f"{current}\n{line}" if current else line
+    chunks.append(current)
+    return chunks
 
 
 @app_commands.guild_only()
@@ -244,14 +251,18 @@ class ContestCog(commands.GroupCog, name="Contests", group_name="contest",
         await self._channel(contest).send(text, allowed_mentions=NO_MENTIONS)
 
     async def results_ready(self, contest: ContestRecord, outcome: Outcome) -> int | None:
-        names = await self.display_names(contest.guild_id,
-                                         [r.entry.user_id for r in outcome.ranking[:RANKING_LINES]])
+        """The picture with the first part of the ranking; the rest of a long ranking follows in more messages."""
+        names = await self.display_names(contest.guild_id, [r.entry.user_id for r in outcome.podium])
         picture = await self.service.picture(outcome, names)
         kwargs: dict[str, Any] = {}
         if picture is not None:
             kwargs["file"] = discord.File(io.BytesIO(picture), filename=f"contest-{contest.id}-results.png")
-        message = await self._channel(contest).send(ranking_text(outcome, names), allowed_mentions=NO_MENTIONS,
-                                                    **kwargs)
+        first, *rest = ranking_messages(outcome)
+        channel = self._channel(contest)
+        message = await channel.send(first, allowed_mentions=NO_MENTIONS, **kwargs)
+        for chunk in rest:
+            with contextlib.suppress(discord.HTTPException):  # the podium is posted; a lost tail is not retried
+                await channel.send(chunk, allowed_mentions=NO_MENTIONS)
         log.info("contest results posted", extra={"contest": contest.id, "entries": len(outcome.ranking)})
         return message.id
 

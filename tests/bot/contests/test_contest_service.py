@@ -267,3 +267,47 @@ async def test_concurrent_double_votes_count_once(service: ContestService, clock
     assert sum(not isinstance(r, BaseException) for r in results) == 1
     assert all(isinstance(r, RuleError) for r in results if isinstance(r, BaseException))
     assert (await repo.tallies(db, contest.id))[0].votes == 1
+
+
+async def test_unique_constraint_backs_up_the_double_vote_rule(service: ContestService, clock: ManualClock,
+                                                              make_job: MakeJob, db: Database) -> None:
+    """Even when a check in code misses a double vote (a race on PostgreSQL), the database refuses it."""
+    contest = await _start(service)
+    _, entry = await service.submit(guild_id=GUILD, channel_id=CHANNEL, member_id=ALICE,
+                                    job_id=await make_job(ALICE))
+    calls: list[bool] = []
+
+    def lenient(contest_record: ContestRecord, entry_record: object, already: bool) -> None:
+        calls.append(already)
+        if len(calls) > 2:
+            raise RuleError("double", code="double_vote")
+
+    now = contest.submit_ends_at
+    await repo.add_vote(db, entry_id=entry.id, voter_id=BOB, now=now, validate=lenient)
+    with pytest.raises(RuleError):
+        await repo.add_vote(db, entry_id=entry.id, voter_id=BOB, now=now, validate=lenient)
+    assert calls == [False, True, True]
+    assert (await repo.tallies(db, contest.id))[0].votes == 1
+
+
+async def test_submittable_only_during_submissions_for_new_jobs(service: ContestService, clock: ManualClock,
+                                                                make_job: MakeJob) -> None:
+    from bot.storage import repository
+
+    assert await service.submittable(CHANNEL, clock.now()) is None
+    contest = await _start(service)
+    job = await repository.get_job(service.db, await make_job(ALICE))
+    assert job is not None
+    assert (await service.submittable(CHANNEL, job.queued_at)) == contest
+    assert await service.submittable(CHANNEL + 1, job.queued_at) is None
+    assert await service.submittable(CHANNEL, contest.starts_at - timedelta(seconds=1)) is None
+    await clock.set(contest.submit_ends_at)
+    assert await service.submittable(CHANNEL, job.queued_at) is None
+
+
+async def test_image_from_another_server_cannot_enter(service: ContestService, make_job: MakeJob) -> None:
+    await _start(service)
+    job = await make_job(ALICE, guild=GUILD + 1)
+    with pytest.raises(RuleError) as info:
+        await service.submit(guild_id=GUILD, channel_id=CHANNEL, member_id=ALICE, job_id=job)
+    assert info.value.code == "no_job"
