@@ -246,14 +246,19 @@ async def run_bot(settings: Settings) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):  # Windows has no add_signal_handler
             loop.add_signal_handler(sig, stop.set)
-    running = await start_bot(settings)
-    stopper = asyncio.create_task(stop.wait(), name="wait-for-signal")
     try:
-        done, _ = await asyncio.wait({stopper, running.task}, return_when=asyncio.FIRST_COMPLETED)
+        running = await start_bot(settings)
+        stopper = asyncio.create_task(stop.wait(), name="wait-for-signal")
+        try:
+            done, _ = await asyncio.wait({stopper, running.task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            log.info("shutting down")
+            await running.close()
     finally:
-        stopper.cancel()
-        log.info("shutting down")
-        await running.close()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
     if running.task in done and not running.task.cancelled() and running.task.exception() is not None:
         log.error("the Discord connection ended: %s", running.task.exception())
         return 1

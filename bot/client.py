@@ -56,10 +56,14 @@ async def answer(interaction: discord.Interaction, content: str, **kwargs: Any) 
     """Reply ephemerally whether or not the interaction was already acknowledged (never leaves it unanswered)."""
     kwargs.setdefault("ephemeral", True)
     try:
-        if interaction.response.is_done():
-            await interaction.followup.send(content, **kwargs)
-        else:
+        if not interaction.response.is_done():
             await interaction.response.send_message(content, **kwargs)
+        elif interaction.response.type == discord.InteractionResponseType.deferred_channel_message:
+            # Deferred with "thinking": the answer replaces the placeholder (ephemeral if the defer was).
+            kwargs.pop("ephemeral", None)
+            await interaction.edit_original_response(content=content, **kwargs)
+        else:
+            await interaction.followup.send(content, **kwargs)
     except discord.HTTPException:
         log.warning("could not answer interaction %s", interaction.id, exc_info=True)
 
@@ -176,6 +180,9 @@ class _ImagineBotMixin:
         log.info("ready as %s (id %s) in %d guild(s)", bot.user, bot.user.id, len(bot.guilds))
 
     async def close(self) -> None:
+        delivery = getattr(self, "delivery", None)
+        if delivery is not None:  # services may outlive this bot (a restart in-process): stop delivering here
+            self.services.journal.remove_listener(delivery.on_job_finished)
         for task in list(self.background):
             task.cancel()
         if self.background:

@@ -389,6 +389,7 @@ class Delivery:
 
     async def _send_followup(self, job: JobRecord, **kwargs: Any) -> discord.Message | None:
         """A public followup through the stored interaction token; None when Discord no longer takes it."""
+        # Exactly what discord.py's Interaction.followup builds, from the journalled application id and token.
         webhook = discord.Webhook.from_state(
             data={"id": job.application_id, "type": 3, "token": job.interaction_token}, state=self.bot._connection)
         try:

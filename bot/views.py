@@ -63,6 +63,8 @@ class _JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"$^")
 
     async def callback(self, interaction: discord.Interaction) -> None:
         try:
+            # Acknowledge before touching the database: Discord wants an answer within 3 s.
+            await interaction.response.defer(ephemeral=True, thinking=True)
             job = await repository.get_job(interaction.client.services.db, self.job_id)  # type: ignore[attr-defined]
             if job is None:
                 await answer(interaction, "I no longer know that job.")
@@ -105,12 +107,12 @@ class DeleteButton(_JobButton, template=rf"{PREFIX}:delete:(?P<job_id>[0-9]+)"):
             await answer(interaction, "Only the member who asked for this image, or a member with Manage Messages, "
                                       "can delete it.")
             return
-        await interaction.response.defer(ephemeral=True, thinking=False)
         if interaction.message is not None:
             with contextlib.suppress(discord.NotFound):
                 await interaction.message.delete()
         await repository.set_job_message(interaction.client.services.db, job.id, None)  # type: ignore[attr-defined]
         log.info("result deleted", extra={"job": job.id, "by": interaction.user.id})
+        await answer(interaction, "Deleted.")
 
 
 class ParamsButton(_JobButton, template=rf"{PREFIX}:params:(?P<job_id>[0-9]+)"):

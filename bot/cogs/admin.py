@@ -71,8 +71,9 @@ class Admin(commands.Cog):
         self.services = bot.services
 
     async def _reply(self, interaction: discord.Interaction, content: str) -> None:
-        await interaction.response.send_message(formatting.truncate(content, formatting.MESSAGE_CONTENT_LIMIT),
-                                                ephemeral=True)
+        """Answer the deferred interaction (every command defers first: the database may be slow)."""
+        await interaction.edit_original_response(content=formatting.truncate(content, formatting.MESSAGE_CONTENT_LIMIT),
+                                                 allowed_mentions=discord.AllowedMentions.none())
 
     # --- blocked terms -----------------------------------------------------------------------------------------
 
@@ -83,6 +84,7 @@ class Admin(commands.Cog):
                           term: app_commands.Range[str, 1, MAX_TERM_CHARS]) -> None:
         from bot.moderation.filter import term_key
 
+        await interaction.response.defer(ephemeral=True, thinking=True)
         if not term_key(term):
             await self._reply(interaction, "That term has no letters or digits, so it could never match.")
             return
@@ -94,6 +96,7 @@ class Admin(commands.Cog):
     @app_commands.check(admin_check)
     async def blocked_remove(self, interaction: discord.Interaction,
                              term: app_commands.Range[str, 1, MAX_TERM_CHARS]) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
         before = await repository.list_blocked_terms(self.services.db, interaction.guild_id)
         terms = await repository.remove_blocked_terms(self.services.db, interaction.guild_id, [term])
         if len(terms) == len(before):
@@ -104,6 +107,7 @@ class Admin(commands.Cog):
     @blocked_group.command(name="list", description="Show this server's blocked terms (only to you)")
     @app_commands.check(admin_check)
     async def blocked_list(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
         terms = await repository.list_blocked_terms(self.services.db, interaction.guild_id)
         if not terms:
             await self._reply(interaction, "This server blocks no extra terms (the bot's global list still applies).")
@@ -116,6 +120,7 @@ class Admin(commands.Cog):
     @settings_group.command(name="show", description="This server's overrides and the bot's defaults")
     @app_commands.check(admin_check)
     async def show(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
         record = await repository.get_guild_settings(self.services.db, interaction.guild_id)
         await self._reply(interaction, settings_summary(record, self.services.settings))
 
@@ -124,6 +129,7 @@ class Admin(commands.Cog):
     @app_commands.describe(policy="block, spoiler or allow (the bot's config may still be stricter); default clears")
     async def nsfw(self, interaction: discord.Interaction,
                    policy: Literal["block", "spoiler", "allow", "default"]) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
         value = None if policy == "default" else policy
         await repository.update_guild_settings(self.services.db, interaction.guild_id, nsfw_policy=value)
         note = "" if self.services.safety_checker is not None else (
@@ -146,6 +152,7 @@ class Admin(commands.Cog):
         max_queued: app_commands.Range[int, 0, 100] | None = None,
         reset: bool = False,
     ) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
         db, guild_id = self.services.db, interaction.guild_id
         if reset:
             record = await repository.update_guild_settings(db, guild_id, images_per_window=None,

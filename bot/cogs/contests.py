@@ -192,6 +192,8 @@ class ContestCog(commands.GroupCog, name="Contests", group_name="contest",
 
     async def cog_unload(self) -> None:
         await self.service.close()
+        if self.service.publisher is self:
+            self.service.publisher = None
         self.bot.remove_dynamic_items(*CONTEST_ITEMS)
         delivery = getattr(self.bot, "delivery", None)
         providers = getattr(delivery, "result_item_providers", None)
@@ -202,7 +204,7 @@ class ContestCog(commands.GroupCog, name="Contests", group_name="contest",
         """Deadlines post messages, so the timer starts once the gateway is ready; overdue ones run at once."""
         await self.bot.wait_until_ready()
         self.service.start_scheduler()
-        log.info("contest timer armed", extra={"next": str(self.service.scheduler.current)})
+        log.info("contest timer armed")
 
     # --- helpers -------------------------------------------------------------------------------------------
 
@@ -259,7 +261,14 @@ class ContestCog(commands.GroupCog, name="Contests", group_name="contest",
             kwargs["file"] = discord.File(io.BytesIO(picture), filename=f"contest-{contest.id}-results.png")
         first, *rest = ranking_messages(outcome)
         channel = self._channel(contest)
-        message = await channel.send(first, allowed_mentions=NO_MENTIONS, **kwargs)
+        try:
+            message = await channel.send(first, allowed_mentions=NO_MENTIONS, **kwargs)
+        except (discord.NotFound, discord.Forbidden):
+            # The channel is gone or closed to the bot: retrying cannot help. The results stay stored (and count
+            # for the leaderboard); other errors propagate so the scheduler tries again.
+            log.warning("contest %s results could not be posted in channel %s", contest.id, contest.channel_id,
+                        exc_info=True)
+            return None
         for chunk in rest:
             with contextlib.suppress(discord.HTTPException):  # the podium is posted; a lost tail is not retried
                 await channel.send(chunk, allowed_mentions=NO_MENTIONS)

@@ -76,7 +76,8 @@ class ImagineBase(commands.Cog, name="Imagine"):
         if interaction.guild_id is not None and job.guild_id not in (None, interaction.guild_id):
             await answer(interaction, "That job belongs to another server.")
             return
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        if not interaction.response.is_done():
+            await interaction.response.defer(ephemeral=True, thinking=True)
         await self.start(interaction, Options.rerun_of(job), parent_job_id=job.id, source="rerun_button")
 
 

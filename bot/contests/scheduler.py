@@ -2,8 +2,9 @@
 
 The same shape as RoboDanny's reminder cog: the deadlines live in the database (never only in memory), so a
 restart loses nothing. At start the task asks the database for the earliest deadline; one that passed while
-the bot was down is due at once. When a deadline sooner than the one being waited for is added, the task is
-re-armed (cancelled and restarted) so it never oversleeps. After handling a deadline it simply asks again.
+the bot was down is due at once. When a deadline sooner than the one being waited for is added, the timer is
+re-armed (its sleep is interrupted and the database asked again) so it never oversleeps. After handling a
+deadline it simply asks again. Handlers must be idempotent: a crash mid-handler means it runs again at start.
 """
 
 from __future__ import annotations
@@ -47,9 +48,10 @@ class DeadlineScheduler(Generic[K]):
         self._on_due = on_due
         self._name = name
         self._task: asyncio.Task[None] | None = None
-        self._have_data = asyncio.Event()
+        # Set by notify(): "the database changed, ask again". Cleared just before each query, so a change made
+        # while a query runs is never lost (the loop sees the flag and queries once more).
+        self._changed = asyncio.Event()
         self._current: Deadline[K] | None = None
-        self._handling = False
         self._state = "stopped"
         self.failures = 0
         self.handled = 0
@@ -68,8 +70,10 @@ class DeadlineScheduler(Generic[K]):
         """True when nothing is due: the timer sleeps on a future deadline or waits for one to be added."""
         if not self.running:
             return True
+        if self._changed.is_set():
+            return False
         if self._state == "waiting":
-            return not self._have_data.is_set()
+            return True
         return self._state == "sleeping" and self._current is not None and self._current.when > self._clock.now()
 
     async def wait_settled(self, limit: float = 10.0) -> None:
@@ -84,7 +88,6 @@ class DeadlineScheduler(Generic[K]):
     def start(self) -> None:
         """Arm the timer from the database; overdue deadlines are processed straight away."""
         if not self.running:
-            self._have_data.set()
             self._task = asyncio.create_task(self._dispatch(), name=f"scheduler:{self._name}")
 
     async def stop(self) -> None:
@@ -95,46 +98,54 @@ class DeadlineScheduler(Generic[K]):
                 await task
 
     def notify(self, when: datetime | None = None) -> None:
-        """A deadline was stored or moved: wake an idle timer, or re-arm one that sleeps past ``when``."""
-        self._have_data.set()
-        if not self.running or self._handling:
-            return  # the dispatcher asks the database again after the current handler anyway
+        """A deadline was stored, moved or removed: wake an idle timer, or re-arm one sleeping past ``when``.
+
+        A later deadline than the one being slept on changes nothing: it is read after the current one fires.
+        """
         current = self._current
-        if when is None or current is None or as_utc(when) < current.when:
-            self._task.cancel()  # type: ignore[union-attr]
-            self._task = asyncio.create_task(self._dispatch(), name=f"scheduler:{self._name}")
+        if self._state == "sleeping" and when is not None and current is not None and as_utc(when) >= current.when:
+            return
+        self._changed.set()
+
+    async def _sleep_or_rearm(self, when: datetime) -> bool:
+        """Sleep until ``when``; False when :meth:`notify` interrupted the sleep (the caller asks again)."""
+        sleeper = asyncio.ensure_future(self._clock.sleep_until(when))
+        changed = asyncio.ensure_future(self._changed.wait())
+        try:
+            done, _ = await asyncio.wait({sleeper, changed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeper, changed):
+                task.cancel()
+        return sleeper in done
 
     async def _dispatch(self) -> None:
         try:
             while True:
                 self._state = "querying"
-                self._have_data.clear()
+                self._current = None
+                self._changed.clear()
                 deadline = await self._next_due()
+                if self._changed.is_set():
+                    continue  # something changed while we read: read again
                 if deadline is None:
-                    self._current = None
                     self._state = "waiting"
-                    await self._have_data.wait()
+                    await self._changed.wait()
                     continue
                 deadline = Deadline(as_utc(deadline.when), deadline.key)
                 self._current = deadline
                 self._state = "sleeping"
-                await self._clock.sleep_until(deadline.when)
+                if not await self._sleep_or_rearm(deadline.when):
+                    continue
                 self._current = None
                 self._state = "handling"
-                self._handling = True
                 try:
                     await self._on_due(deadline.key)
                     self.handled += 1
-                except asyncio.CancelledError:
-                    raise
                 except Exception:
                     self.failures += 1
                     log.exception("deadline %r failed; retrying in %.0fs", deadline.key, RETRY_SECONDS)
                     self._state = "backoff"
                     await asyncio.sleep(RETRY_SECONDS)
-                finally:
-                    self._handling = False
-        except asyncio.CancelledError:
+        finally:
             self._current = None
             self._state = "stopped"
-            raise

@@ -26,8 +26,9 @@ JOB = JobRecord(
 
 
 class FakeResponse:
-    def __init__(self, done: bool) -> None:
+    def __init__(self, done: bool, kind: discord.InteractionResponseType | None = None) -> None:
         self.done = done
+        self.type = kind
         self.sent: list[tuple[str, dict[str, Any]]] = []
 
     def is_done(self) -> bool:
@@ -47,11 +48,17 @@ class FakeFollowup:
 
 
 def interaction(permissions: discord.Permissions | None = None, *, guild_id: int | None = 1,
-                done: bool = False) -> Any:
+                done: bool = False, kind: discord.InteractionResponseType | None = None) -> Any:
+    edits: list[dict[str, Any]] = []
+
+    async def edit_original_response(**kwargs: Any) -> None:
+        edits.append(kwargs)
+
     return SimpleNamespace(
         id=5, guild_id=guild_id, permissions=permissions or discord.Permissions.none(),
         user=SimpleNamespace(id=7), command=SimpleNamespace(qualified_name="settings show"),
-        response=FakeResponse(done), followup=FakeFollowup(),
+        response=FakeResponse(done, kind), followup=FakeFollowup(), edits=edits,
+        edit_original_response=edit_original_response,
     )
 
 
@@ -109,6 +116,12 @@ async def test_unexpected_error_apologises_and_logs_traceback(tree: ImagineTree,
     [(content, kwargs)] = fake.followup.sent
     assert content == APOLOGY and kwargs["ephemeral"] is True and "secret" not in content
     assert "ZeroDivisionError" in caplog.text and "Traceback" in caplog.text
+
+
+async def test_deferred_interaction_gets_its_placeholder_replaced(tree: ImagineTree) -> None:
+    fake = interaction(done=True, kind=discord.InteractionResponseType.deferred_channel_message)
+    await tree.on_error(fake, app_commands.MissingPermissions(["manage_guild"]))
+    assert not fake.followup.sent and "Manage Server" in fake.edits[0]["content"]
 
 
 def test_history_and_cancel_pick() -> None:

@@ -43,8 +43,8 @@ class World:
         await interaction.wait_for_response(timeout=30, predicate=lambda m: m.ephemeral and "Done" in m.content)
         return interaction, result
 
-    async def ephemeral_answer(self, interaction: Any, timeout: float = 20) -> Any:
-        return await interaction.wait_for_response(timeout=timeout, predicate=lambda m: m.ephemeral)
+    async def ephemeral_answer(self, interaction: Any) -> Any:
+        return await interaction.wait_for_response(timeout=20, predicate=lambda m: m.ephemeral)
 
 
 def is_result(message: Any) -> bool:
@@ -134,6 +134,23 @@ async def test_reaction_rerun_is_a_channel_message_with_mention(world: World) ->
         lambda: not [m for m in world.server.bot_messages() if "rerun of job" in m.content], 10, "note removal")
 
 
+async def test_reaction_refusal_is_short_lived(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bot.cogs import reactions
+
+    monkeypatch.setattr(reactions, "REFUSAL_DELETE_AFTER", 0.5)
+    _, result = await world.imagine("bob", {"prompt": "an orange cone"})
+    await repository.add_blocked_terms(world.db, world.server.guild.id, ["orange"])
+    try:
+        carol = world.member("carol")
+        await world.server.react(carol, result, "🔄")
+        refusal = await world.server.wait_for_message(
+            lambda m: f"<@{carol.id}>" in m.content and "refused" in m.content, timeout=20)
+        assert "orange" not in refusal.content
+        await world.server._wait_until(lambda: world.server.messages[refusal.id].deleted, 10, "refusal removal")
+    finally:
+        await repository.remove_blocked_terms(world.db, world.server.guild.id, ["orange"])
+
+
 async def test_filter_refusal_names_category_not_term(world: World) -> None:
     interaction = await world.server.send_command(world.member("bob"), world.server.general, "imagine",
                                                   {"prompt": "a F0RBIDDEN word"})
@@ -195,3 +212,32 @@ async def test_expired_token_falls_back_to_channel_message(world: World, monkeyp
     assert f"<@{bob.id}>" in result.content
     assert not [m for m in interaction.messages if is_result(m)]
     await asyncio.sleep(0)
+
+
+class FlagEverything:
+    """An output checker that flags every image (the real one needs downloaded weights)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def check(self, images: list[Any]) -> list[bool]:
+        self.calls += 1
+        return [True] * len(images)
+
+
+async def test_flagged_output_follows_the_channel_policy(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    checker = FlagEverything()
+    monkeypatch.setattr(world.running.services, "safety_checker", checker)
+    # #general is not NSFW: config nsfw_policy "block" -> withheld, the member is told.
+    blocked = await world.server.send_command(world.member("bob"), world.server.general, "imagine",
+                                              {"prompt": "flagged in general"})
+    said = await blocked.wait_for_response(timeout=60, predicate=lambda m: not m.ephemeral and "withheld" in m.content)
+    assert not said.attachments
+    # #nsfw-art is NSFW: nsfw_channel_policy "spoiler" -> sent behind a spoiler.
+    spoiled = await world.server.send_command(world.member("bob"), world.server.nsfw_channel, "imagine",
+                                              {"prompt": "flagged in nsfw"})
+    result = await spoiled.wait_for_response(timeout=60, predicate=is_result)
+    assert all(a.filename.startswith("SPOILER_") for a in result.attachments)
+    assert checker.calls == 2
+    job = await repository.get_job(world.db, _job_id(result))
+    assert all(image.nsfw for image in await repository.images_for_job(world.db, job.id))

@@ -120,3 +120,43 @@ async def test_restart_rereads_the_store() -> None:
     await _settle()
     assert [k for k, _ in store.fired] == ["contest"]
     await second.stop()
+
+
+async def test_a_deadline_added_while_the_database_is_read_is_not_missed() -> None:
+    """The query that was running when the sooner deadline was stored returned stale data: ask again."""
+    store = Store({"far": T0 + timedelta(days=1)})
+    clock, scheduler = await _make(store, T0)
+    gate = asyncio.Event()
+    real_next_due = store.next_due
+    stale = await real_next_due()
+
+    async def slow_next_due() -> Deadline[str] | None:
+        if not gate.is_set():
+            gate.set()
+            await asyncio.sleep(0)
+            store.pending["soon"] = T0 + timedelta(minutes=1)  # stored (and notified) mid-query
+            scheduler.notify(store.pending["soon"])
+            return stale
+        return await real_next_due()
+
+    scheduler._next_due = slow_next_due
+    scheduler.start()
+    await _settle()
+    assert scheduler.current is not None and scheduler.current.key == "soon"
+    await clock.advance(timedelta(minutes=1))
+    await _settle()
+    assert [k for k, _ in store.fired] == ["soon"]
+    await scheduler.stop()
+
+
+async def test_wait_settled_and_stop() -> None:
+    store = Store({"a": T0 + timedelta(minutes=1)})
+    clock, scheduler = await _make(store, T0)
+    assert scheduler.settled  # not running
+    scheduler.start()
+    await scheduler.wait_settled(limit=2)
+    await clock.advance(timedelta(minutes=1))
+    await scheduler.wait_settled(limit=2)
+    assert scheduler.handled == 1 and scheduler.current is None
+    await scheduler.stop()
+    assert not scheduler.running

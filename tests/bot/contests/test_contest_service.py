@@ -311,3 +311,15 @@ async def test_image_from_another_server_cannot_enter(service: ContestService, m
     with pytest.raises(RuleError) as info:
         await service.submit(guild_id=GUILD, channel_id=CHANNEL, member_id=ALICE, job_id=job)
     assert info.value.code == "no_job"
+
+
+async def test_concurrent_entries_respect_max_entries(service: ContestService, make_job: MakeJob,
+                                                      db: Database) -> None:
+    contest = await _start(service, max_entries=1)
+    job = await make_job(ALICE, count=3)
+    results = await asyncio.gather(
+        *(service.submit(guild_id=GUILD, channel_id=CHANNEL, member_id=ALICE, job_id=job, image_index=i)
+          for i in range(3)), return_exceptions=True)
+    assert sum(not isinstance(r, BaseException) for r in results) == 1
+    assert all(isinstance(r, RuleError) and r.code == "max_entries" for r in results if isinstance(r, BaseException))
+    assert (await repo.contest_counts(db, contest.id))[0] == 1

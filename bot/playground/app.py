@@ -1,0 +1,292 @@
+"""``imagine-bot playground``: the local Discord-compatible server, the REAL bot connected to it, and a web page
+that looks like a Discord channel, so the whole bot can be seen working with no Discord account.
+
+The bot is the production one, started by :func:`bot.app.start_bot`; only its settings differ (the local
+server's token and URLs from ``discord.api_base_url`` / ``discord.gateway_url``, no monkeypatching). Two more
+playground rules:
+
+* the model: the configured one, or ``tiny`` when it cannot be loaded (``fallback_to_tiny`` is forced), with a
+  banner on the page that says so and how to get real weights. With ``tiny``, defaults not set in the config
+  are lowered (256x256, few steps) so a CPU answers in seconds.
+* the data: the local Discord world lives in memory and is gone at exit, so the jobs and images live in a
+  per-run folder (a temporary one by default) instead of the configured database: playground jobs with
+  made-up guild and channel ids never mix into the real bot's history, stats or restart recovery.
+
+Rate limits, the content filter and every other setting are the configured ones, so switching members on the
+page shows the limits at work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import SecretStr
+
+from bot.config import Settings
+from bot.playground.web import PlaygroundWeb
+
+if TYPE_CHECKING:
+    from bot.app import RunningBot
+    from bot.localdiscord import LocalDiscordServer
+
+log = logging.getLogger(__name__)
+
+TINY_DEFAULT_SIZE = 256
+TINY_DEFAULT_STEPS = 8
+PLAYGROUND_PROGRESS_EDIT_SECONDS = 0.5
+TINY_NOTE = ("This is the built-in 'tiny' test model: its images are random patterns, not real pictures. "
+             "To get real images, set generation.model in config.yaml to a local diffusers folder or "
+             ".safetensors file (or a Hugging Face hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5 "
+             "on a machine with internet access) and restart; see README.md, 'Going live on Discord', step 4.")
+REAL_WEIGHTS_HINT = ("To get real images, set generation.model in config.yaml to a local diffusers folder or "
+                     ".safetensors file, or a hub id on a machine with internet access (see README.md).")
+
+
+@dataclass
+class Playground:
+    """A running playground: the local server, the bot connected to it and the web page (see
+    :func:`start_playground`). ``settings`` are the effective ones the bot runs with."""
+
+    settings: Settings
+    server: LocalDiscordServer
+    running: RunningBot
+    web: PlaygroundWeb
+    data_dir: Path
+    remove_data_dir: bool = False
+    _closed: bool = field(default=False, repr=False)
+
+    @property
+    def url(self) -> str:
+        """The page's address, e.g. ``http://127.0.0.1:8765/``."""
+        return self.web.url
+
+    @property
+    def model_info(self) -> dict[str, Any]:
+        return model_info(self.running.services.model, self.settings)
+
+    async def close(self) -> None:
+        """Orderly stop: the bot first (its running batch is still delivered), then the page and the server.
+        Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self.running.close(close_services=True)
+        finally:
+            await self.web.close()
+            await self.server.close()
+            if self.remove_data_dir:
+                await asyncio.to_thread(shutil.rmtree, self.data_dir, True)
+
+    async def __aenter__(self) -> Playground:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def model_info(model: Any, settings: Settings) -> dict[str, Any]:
+    """What the page shows about the model: its name, and a banner when it is the fallback or ``tiny``."""
+    name = getattr(model, "name", None) or "unknown"
+    is_fallback = bool(getattr(model, "is_fallback", False))
+    banner = getattr(model, "banner", None) if is_fallback else None
+    if is_fallback and not banner:
+        banner = f"Running the built-in 'tiny' test model because {settings.generation.model!r} could not be loaded."
+    if is_fallback and banner and "README" not in banner:
+        banner = f"{banner} {REAL_WEIGHTS_HINT}"
+    note = TINY_NOTE if name == "tiny" and not is_fallback else None
+    gen = settings.generation
+    return {
+        "model": name, "configured_model": gen.model, "is_fallback": is_fallback, "banner": banner, "note": note,
+        "device": str(getattr(model, "device", "")),
+        "defaults": {"steps": gen.default_steps, "max_steps": gen.max_steps, "width": gen.default_width,
+                     "height": gen.default_height, "min_size": gen.min_size, "max_size": gen.max_size,
+                     "guidance": gen.default_guidance, "scheduler": gen.default_scheduler},
+        "limits": {"images_per_window": settings.rate_limits.images_per_window,
+                   "window_seconds": settings.rate_limits.window_seconds,
+                   "max_queued_per_user": settings.rate_limits.max_queued_per_user},
+    }
+
+
+def tiny_defaults(generation: Any) -> dict[str, Any]:
+    """Lighter defaults for ``tiny`` (only for keys the config does not set), so a CPU answers in seconds."""
+    configured = generation.model_fields_set
+    size = min(max(TINY_DEFAULT_SIZE, generation.min_size), generation.max_size)
+    update: dict[str, Any] = {}
+    for key in ("default_width", "default_height"):
+        if key not in configured:
+            update[key] = size
+    if "default_steps" not in configured:
+        update["default_steps"] = min(TINY_DEFAULT_STEPS, generation.max_steps)
+    return update
+
+
+def playground_settings(settings: Settings, server: LocalDiscordServer, data_dir: Path, *,
+                        generation: Any = None, port: int | None = None) -> Settings:
+    """The bot's settings in the playground: the local server's token and URLs, commands synced to its guild at
+    once, the per-run data folder; everything else as configured."""
+    discord_update: dict[str, Any] = {
+        "token": SecretStr(server.token), "api_base_url": server.api_base_url, "gateway_url": server.gateway_url,
+        "guild_ids": [server.guild.id], "sharded": False, "shard_count": None,
+    }
+    if "progress_edit_seconds" not in settings.discord.model_fields_set:
+        discord_update["progress_edit_seconds"] = PLAYGROUND_PROGRESS_EDIT_SECONDS
+    update: dict[str, Any] = {
+        "discord": settings.discord.model_copy(update=discord_update),
+        "database": settings.database.model_copy(
+            update={"url": f"sqlite+aiosqlite:///{(data_dir / 'playground.db').as_posix()}", "auto_upgrade": True}),
+        "storage": settings.storage.model_copy(update={"images_dir": data_dir / "images"}),
+    }
+    if generation is not None:
+        update["generation"] = generation
+    if port is not None:
+        update["playground"] = settings.playground.model_copy(update={"port": port})
+    return settings.model_copy(update=update)
+
+
+async def start_playground(settings: Settings, *, port: int | None = None, host: str | None = None,
+                           data_dir: str | Path | None = None, model: Any = None, engine: Any = None) -> Playground:
+    """Start the local Discord server, the real bot connected to it, and the page; return once all are ready.
+
+    ``port`` (default ``settings.playground.port``; 0 picks a free one, for tests) and ``host`` (default
+    ``settings.playground.host``) are the page's. ``data_dir`` holds the playground's database and images
+    (default: a temporary folder removed by :meth:`Playground.close`). ``model`` (a loaded
+    :class:`~generation.loading.LoadedModel`) and ``engine`` skip loading, as in :func:`bot.app.build_services`.
+    """
+    from bot.app import build_services, start_bot
+    from bot.localdiscord import LocalDiscordServer
+
+    host = settings.playground.host if host is None else host
+    port = settings.playground.port if port is None else port
+    remove = data_dir is None
+    folder = Path(tempfile.mkdtemp(prefix="imagine-playground-")) if data_dir is None else Path(data_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    generation = settings.generation.model_copy(update={"fallback_to_tiny": True})
+    server = LocalDiscordServer(token=f"playground-{secrets.token_urlsafe(24)}", port=0,
+                                attachment_size_limit=settings.discord.attachment_size_limit)
+    web: PlaygroundWeb | None = None
+    services = None
+    try:
+        await server.start()
+        if model is None and engine is None:
+            from generation.loading import load_pipeline
+
+            log.info("loading model %r (the playground falls back to 'tiny' if it cannot be loaded)",
+                     generation.model)
+            model = await asyncio.to_thread(load_pipeline, generation)
+        if getattr(model, "name", None) == "tiny" or (model is None and generation.model == "tiny"):
+            generation = generation.model_copy(update=tiny_defaults(generation))
+        effective = playground_settings(settings, server, folder, generation=generation)
+        services = await build_services(effective, model=model, engine=engine)
+        running = await start_bot(effective, services=services)
+        services = None  # from here on the running bot closes them
+        try:
+            web = PlaygroundWeb(server, info=lambda: model_info(running.services.model, effective))
+            await web.start(host, port)
+        except BaseException:
+            await running.close(close_services=True)
+            raise
+        effective = effective.model_copy(update={"playground": effective.playground.model_copy(
+            update={"host": host, "port": web.port})})
+        return Playground(settings=effective, server=server, running=running, web=web, data_dir=folder,
+                          remove_data_dir=remove)
+    except BaseException:
+        if services is not None:
+            await services.close()
+        if web is not None:
+            await web.close()
+        await server.close()
+        if remove:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def startup_text(playground: Playground) -> str:
+    """The lines printed once everything runs: the URL first and unmissable."""
+    info = playground.model_info
+    lines = [
+        "",
+        "=" * 72,
+        f"  imagine-bot playground is running:  {playground.url}",
+        "  Open it in a browser: a local Discord-like channel with the real bot (no Discord account needed).",
+        f"  Model: {info['model']} on {info['device'] or '?'}",
+    ]
+    if info["is_fallback"]:
+        lines.append(f"  NOTE: {info['configured_model']!r} could not be loaded, so the 'tiny' test model runs "
+                     "(random-pattern images).")
+        lines.append("  " + REAL_WEIGHTS_HINT)
+    elif info["model"] == "tiny":
+        lines.append("  NOTE: 'tiny' makes random-pattern images; set generation.model for real ones (README.md).")
+    lines += ["  Press Ctrl-C to stop.", "=" * 72, ""]
+    return "\n".join(lines)
+
+
+async def serve_playground(settings: Settings) -> int:
+    """Run the playground until Ctrl-C / SIGTERM (or the bot's connection ends), then stop in order."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    print(f"Starting the imagine-bot playground (model {settings.generation.model!r}; this can take a "
+          "minute)...", file=sys.stderr, flush=True)
+    starter = asyncio.create_task(start_playground(settings), name="playground-start")
+    stopper = asyncio.create_task(stop.wait(), name="playground-stop")
+    try:
+        await asyncio.wait({starter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not starter.done():  # Ctrl-C while starting
+            starter.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await starter
+            return 0
+        try:
+            playground = starter.result()
+        except OSError as exc:
+            port = settings.playground.port
+            print(f"Cannot start the playground page on {settings.playground.host}:{port} ({exc.strerror or exc})."
+                  " Is another playground running? Choose another port with --port or playground.port.",
+                  file=sys.stderr)
+            return 2
+        print(startup_text(playground), flush=True)
+        waiter = asyncio.create_task(playground.running.wait_closed(), name="playground-bot")
+        try:
+            await asyncio.wait({stopper, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for sig in installed:  # a second Ctrl-C while stopping interrupts for real
+                loop.remove_signal_handler(sig)
+            installed.clear()
+            print("Stopping the playground...", file=sys.stderr, flush=True)
+            waiter.cancel()
+            await playground.close()
+        if waiter.done() and not waiter.cancelled() and waiter.exception() is not None:
+            log.error("the bot's connection to the local server ended: %s", waiter.exception())
+            return 1
+        return 0
+    finally:
+        stopper.cancel()
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def run_playground(settings: Settings) -> int:
+    """Entry point used by :mod:`bot.app` (``imagine-bot playground`` and ``imagine-bot run`` without a token).
+
+    The page's port is ``settings.playground.port`` (``--port`` is applied by the caller). Returns the exit code.
+    """
+    try:
+        return asyncio.run(serve_playground(settings))
+    except KeyboardInterrupt:
+        return 0

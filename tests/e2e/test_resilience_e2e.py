@@ -1,0 +1,299 @@
+"""The bot under stress and failure, end to end, through the local Discord-compatible server over real sockets:
+
+* commands are acknowledged within Discord's 3 s while the worker is busy on a long job;
+* SIGKILL of a REAL bot process (``python -m bot.cli run --config ...``) with jobs queued and running, then a
+  new process on the same database: every job is delivered and recorded ``done``;
+* the gateway connection dropped while a job runs: the client resumes, gets what it missed, nothing is lost;
+* a 429 from the interaction webhook: retried, the result still arrives (once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from e2e_support import ACK_DEADLINE, E2E, e2e_config, eventually, is_result_for, png_of
+
+from bot.app import RunningBot
+from bot.localdiscord import LocalDiscordServer, Message
+from bot.storage import repository
+from generation.png import parse_parameters, read_parameters
+
+pytestmark = [pytest.mark.e2e]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _seed_in_png(message: Message) -> int:
+    png = png_of(message)
+    assert png is not None
+    return int(parse_parameters(read_parameters(png) or "")["Seed"])
+
+
+async def _running(running: RunningBot, job_id: int) -> bool:
+    job = await repository.get_job(running.services.db, job_id)
+    return job is not None and job.status == "running"
+
+
+async def _only_job(running: RunningBot, server: LocalDiscordServer, member: Any) -> Any:
+    jobs = await repository.jobs_for_user(running.services.db, server.guild.id, member.id)
+    return jobs[0] if jobs else None
+
+
+# --- 8. acknowledged within 3 s while the worker is busy -------------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+async def test_commands_acknowledged_within_3s_while_worker_busy(
+        discord_server: LocalDiscordServer, bot: RunningBot, e2e: E2E) -> None:
+    server = discord_server
+    olivia, bob, carol = (server.members[n] for n in ("olivia", "bob", "carol"))
+    started = time.monotonic()
+    long = await server.send_command(olivia, server.general, "imagine",
+                                     {"prompt": "a very detailed city at night", "steps": 24, "width": 256,
+                                      "height": 256})
+    job = await eventually(lambda: _only_job(bot, server, olivia), "the long job journalled")
+    await eventually(lambda: _running(bot, job.id), "the long job running", timeout=30)
+
+    # While the pipeline thread is busy: a status command, a new /imagine and a look at the history.
+    queue = await server.send_command(bob, server.general, "queue")
+    queued_at = time.monotonic()
+    second = await server.send_command(carol, server.general, "imagine", {"prompt": "a small red kite"})
+    history = await server.send_command(bob, server.general, "history")
+    for interaction in (queue, second, history):
+        await interaction.wait_for_ack(timeout=ACK_DEADLINE + 1)
+        assert interaction.ack_latency is not None and interaction.ack_latency < ACK_DEADLINE
+        assert not interaction.late_callback
+    assert await _running(bot, job.id), "the long job ended before the acks: the test proved nothing"
+    answer = await queue.wait_for_response(timeout=5)
+    assert answer.ephemeral and "Jobs waiting" in answer.content
+
+    acks = {"/queue": queue.ack_latency, "/imagine (queued)": second.ack_latency, "/history": history.ack_latency}
+    print(f"\nack latency while busy: { {k: round(v or 0, 4) for k, v in acks.items()} }")
+
+    # Both jobs are still served, the long one first.
+    first_result = await e2e.wait_for_new_result(olivia, timeout=60)
+    e2e.record_time_to_image("/imagine 24 steps 256x256", time.monotonic() - started)
+    second_result = await e2e.wait_for_new_result(carol, timeout=60)
+    e2e.record_time_to_image("/imagine queued behind a long job", time.monotonic() - queued_at)
+    assert first_result.id < second_result.id
+    assert long.id in server.interactions and long.ack_latency is not None and long.ack_latency < ACK_DEADLINE
+
+
+# --- 9. SIGKILL with queued jobs, restart, everything delivered -------------------------------------------------
+
+
+def _statuses(db_path: Path) -> dict[int, str]:
+    try:
+        with contextlib.closing(sqlite3.connect(db_path, timeout=5)) as conn:
+            return dict(conn.execute("SELECT id, status FROM jobs ORDER BY id").fetchall())
+    except sqlite3.OperationalError:  # not created or not migrated yet
+        return {}
+
+
+def _jobs(db_path: Path) -> list[dict[str, Any]]:
+    with contextlib.closing(sqlite3.connect(db_path, timeout=5)) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(row) for row in conn.execute("SELECT * FROM jobs ORDER BY id")]
+
+
+def _image_paths(db_path: Path, job_id: int) -> list[str]:
+    with contextlib.closing(sqlite3.connect(db_path, timeout=5)) as conn:
+        return [row[0] for row in conn.execute("SELECT path FROM images WHERE job_id = ?", (job_id,))]
+
+
+class BotProcess:
+    """``python -m bot.cli run --config cfg.yaml`` as a child process, its log in a file."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config = config
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "DISCORD_TOKEN"}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env["PYTHONUNBUFFERED"] = "1"
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(  # noqa: ASYNC220 - starting it is instant; it is awaited by polling
+                [sys.executable, "-m", "bot.cli", "run", "--config", str(self.config)], cwd=REPO, env=env,
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    async def wait_started(self, count: int, timeout: float = 120.0) -> None:  # noqa: ASYNC109
+        """Until the log shows ``count`` "bot started" lines (start_bot returned: ready, commands synced)."""
+        def started() -> bool:
+            if not self.alive():
+                raise AssertionError(f"the bot process exited ({self.process and self.process.returncode}):\n"
+                                     f"{self.tail()}")
+            return self.log.read_text(encoding="utf-8", errors="replace").count("bot started") >= count
+        try:
+            await eventually(started, "the bot process to start", timeout=timeout, interval=0.2)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- bot log ---\n{self.tail()}") from None
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        """SIGTERM (an orderly stop), then SIGKILL if it hangs."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_sigkill_with_queued_jobs_then_restart_delivers_every_job(
+        discord_server: LocalDiscordServer, tmp_path: Path, e2e: E2E) -> None:
+    server = discord_server
+    db_path = tmp_path / "imagine.db"
+    config = e2e_config(server, tmp_path, generation={"max_batch_size": 1}, logging={"level": "INFO"})
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    bot = BotProcess(config_path, tmp_path / "bot.log")
+    bob, carol, olivia = (server.members[n] for n in ("bob", "carol", "olivia"))
+    requests = [  # the first runs long enough to be killed while running; the rest wait behind it
+        (bob, {"prompt": "a long job, a harbour at night", "steps": 24, "width": 256, "height": 256, "seed": 11}),
+        (carol, {"prompt": "a queued job, a green apple", "steps": 3, "seed": 22}),
+        (olivia, {"prompt": "a queued job, a yellow duck", "steps": 3, "seed": 33}),
+        (bob, {"prompt": "a queued job, a wooden chair", "steps": 3, "width": 96, "seed": 44}),
+    ]
+    try:
+        bot.start()
+        await bot.wait_started(1)
+        interactions = []
+        for member, options in requests:
+            interactions.append(await server.send_command(member, server.general, "imagine", options))
+        for interaction in interactions:
+            await interaction.wait_for_ack(timeout=ACK_DEADLINE + 1)
+
+        def journalled() -> dict[int, str] | None:
+            statuses = _statuses(db_path)
+            values = list(statuses.values())
+            if len(values) == len(requests) and "running" in values and "queued" in values:
+                return statuses
+            assert "done" not in values, f"a job finished before the kill: {statuses}"
+            return None
+
+        before = await eventually(journalled, "every job journalled and one running", timeout=60, interval=0.02)
+        bot.kill()
+        assert set(_statuses(db_path).values()) <= {"queued", "running"}, before
+
+        # A new process on the same database and images dir picks every job up again.
+        bot.start()
+        await bot.wait_started(2)
+
+        def all_done() -> bool:
+            statuses = _statuses(db_path)
+            assert not set(statuses.values()) - {"queued", "running", "done"}, statuses
+            return len(statuses) == len(requests) and set(statuses.values()) == {"done"}
+
+        await eventually(all_done, "every job done after the restart", timeout=120, interval=0.2)
+        jobs = _jobs(db_path)
+        for job, (member, options), interaction in zip(jobs, requests, interactions, strict=True):
+            assert job["user_id"] == member.id and job["seed"] == options["seed"]
+            assert job["message_id"] is not None, f"job {job['id']} is done but has no result message"
+            message = server.messages[int(job["message_id"])]
+            assert is_result_for(member)(message), f"job {job['id']}: not a public PNG result: {message}"
+            assert _seed_in_png(message) == options["seed"]
+            # Through the interaction's webhook while its token is valid, else a channel message.
+            assert message.id in interaction.message_ids or message.interaction_id is None
+            paths = _image_paths(db_path, job["id"])
+            assert len(paths) == 1 and (tmp_path / "images" / paths[0]).is_file()
+        results = [m for m in server.bot_messages() if png_of(m) is not None]
+        assert len(results) == len(requests), "a job was delivered twice (or a stray image was posted)"
+        assert all(not m.ephemeral for m in results)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n--- bot log (tail) ---\n{bot.tail()}") from None
+    finally:
+        bot.stop()
+
+
+# --- 10. gateway dropped while a job runs ------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+async def test_gateway_drop_while_job_runs_resumes_and_loses_nothing(
+        discord_server: LocalDiscordServer, bot: RunningBot, e2e: E2E) -> None:
+    server = discord_server
+    bob, carol = server.members["bob"], server.members["carol"]
+    _, earlier = await e2e.imagine(carol, "a paper lantern", seed=3)
+    earlier_job = await e2e.job_of(bot, earlier)
+    identifies = server.identify_count
+
+    await server.send_command(bob, server.general, "imagine",
+                              {"prompt": "a stormy sea", "steps": 16, "width": 192, "height": 192, "seed": 8})
+    job = await eventually(lambda: _only_job(bot, server, bob), "the job journalled")
+    await eventually(lambda: _running(bot, job.id), "the job running", timeout=30)
+
+    assert server.drop_gateway() == 1
+    assert not server.connected
+    # A dispatch the bot misses while disconnected: carol asks for a rerun by reaction.
+    await server.react(carol, earlier, "🔄")
+
+    result = await e2e.wait_for_new_result(bob, timeout=60)
+    assert _seed_in_png(result) == 8
+    await eventually(lambda: server.resume_count >= 1 and server.connected, "the client resumed", timeout=30)
+    assert server.identify_count == identifies, "the client identified again instead of resuming"
+
+    # The missed reaction was replayed on RESUME: the rerun happens.
+    rerun = await e2e.wait_for_new_result(carol, exclude={earlier.id}, timeout=60)
+    child = await e2e.job_of(bot, rerun)
+    assert child.parent_job_id == earlier_job.id
+
+    # And a later command works.
+    _, later = await e2e.imagine(bob, "after the storm")
+    assert png_of(later) is not None
+    done = await e2e.job_with_status(bot, job.id, "done")
+    assert done.message_id == result.id
+    assert len([m for m in server.bot_messages() if png_of(m) is not None]) == 4  # no duplicate, nothing lost
+
+
+# --- 11. 429 from the interaction webhook ------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+async def test_429_on_followup_is_retried_and_result_arrives(
+        discord_server: LocalDiscordServer, bot: RunningBot, e2e: E2E) -> None:
+    server = discord_server
+    bob = server.members["bob"]
+    rule = server.fail_route("POST", "/webhooks/*/*", 429, times=1, retry_after=0.3)
+
+    interaction, result = await e2e.imagine(bob, "a lighthouse in the rain", seed=99)
+    assert rule.hits == 1
+    assert _seed_in_png(result) == 99
+    assert result.id in interaction.message_ids, "not delivered through the interaction webhook"
+    posts = server.calls("POST", "/webhooks/*/*")
+    assert [call.status for call in posts] == [429, 200]
+    assert posts[1].time - posts[0].time >= 0.25, "retried before the Retry-After"
+    job = await e2e.job_of(bot, result)
+    assert job.status == "done"
+    await asyncio.sleep(0)  # let any duplicate post land before counting
+    assert len([m for m in server.bot_messages() if png_of(m) is not None]) == 1
