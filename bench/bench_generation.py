@@ -213,8 +213,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scheduler", default="euler_a")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--vanilla", action="store_true", help="also time a plain diffusers pipeline")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice). On a "
+                        "shared, oversubscribed CPU, 1 avoids OpenMP barrier stalls that make timings erratic")
     parser.add_argument("--output", type=Path, help="also append the markdown to this file")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     batches = sorted({int(b) for b in args.batch.split(",")} | {1})
 
     started = time.perf_counter()

@@ -165,6 +165,10 @@ class _ImagineBotMixin:
     async def recover_jobs(self) -> None:
         """Re-queue what the journal left queued/running; each is delivered by the journal listener when done."""
         try:
+            await self.delivery.fail_jobs_in_gone_channels()
+        except Exception:
+            log.exception("checking the channels of unfinished jobs failed; recovering them all")
+        try:
             recovered = await self.services.journal.recover()
         except Exception:
             log.exception("journal recovery failed")
@@ -172,8 +176,6 @@ class _ImagineBotMixin:
         self.recovered = list(recovered)
         if recovered:
             log.info("recovered %d unfinished job(s) from the journal", len(recovered))
-        for job, handle in recovered:
-            self.spawn(self.delivery.check_recovered(job, handle), name=f"recover-{job.id}")
 
     async def on_ready(self) -> None:
         bot: Any = self
@@ -191,6 +193,9 @@ class _ImagineBotMixin:
 
 
 def _bot_kwargs(services: Services) -> dict[str, Any]:
+    # This bot never joins voice: the "PyNaCl/davey is not installed" start-up warnings would only alarm admins.
+    discord.VoiceClient.warn_nacl = False
+    discord.VoiceClient.warn_dave = False
     settings = services.settings.discord
     kwargs: dict[str, Any] = {
         "command_prefix": commands.when_mentioned,

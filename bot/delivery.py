@@ -129,6 +129,7 @@ class Watched:
     task: asyncio.Task[None] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     finished: bool = False
+    edited: bool = False  # the deferred ("thinking") response was edited at least once
     status_message: discord.Message | None = None  # the "queued" note of a reaction rerun
 
 
@@ -151,7 +152,6 @@ class Delivery:
         self.services = services
         self.settings = services.settings
         self._watched: dict[int, Watched] = {}
-        self._abandoned: dict[int, str] = {}  # job id -> reason it was marked failed before it ran
         # Cogs add buttons under results here (contests: "Submit to contest"); each returns items for a job.
         self.result_item_providers: list[Callable[[JobRecord, Sequence[ImageRecord]],
                                                   Awaitable[list[discord.ui.Item[Any]]]]] = []
@@ -182,6 +182,7 @@ class Delivery:
                 watched.finished = True
             try:
                 await watched.interaction.edit_original_response(**kwargs)
+                watched.edited = True
                 return True
             except discord.HTTPException as exc:
                 log.info("could not edit the response of job %s: %s", watched.job_id, exc)
@@ -214,18 +215,32 @@ class Delivery:
 
     # --- recovery ------------------------------------------------------------------------------------------
 
-    async def check_recovered(self, job: JobRecord, handle: JobHandle) -> None:
-        """A recovered job whose channel is gone is marked failed (with the reason) and not run at all."""
+    async def fail_jobs_in_gone_channels(self) -> list[int]:
+        """Before recovery re-queues anything: unfinished jobs whose channel is gone (deleted, or the bot was
+        removed) are marked failed with the reason, so no GPU time is spent on images nobody can receive."""
+        failed: list[int] = []
+        gone: dict[int, str | None] = {}
+        for job in await repository.unfinished_jobs(self.services.db):
+            if self.services.journal.handle_for(job.id) is not None:
+                continue  # followed by this process already: not a leftover
+            if job.channel_id not in gone:
+                gone[job.channel_id] = await self._channel_gone(job.channel_id)
+            reason = gone[job.channel_id]
+            if reason is not None:
+                await repository.mark_failed(self.services.db, job.id, reason)
+                log.warning("unfinished job not recovered: %s", reason, extra={"job": job.id})
+                failed.append(job.id)
+        return failed
+
+    async def _channel_gone(self, channel_id: int) -> str | None:
+        """Why a channel cannot receive results (None when it can, or when Discord could not tell us)."""
         try:
-            await self.bot.fetch_channel(job.channel_id)
+            await self.bot.fetch_channel(channel_id)
         except (discord.NotFound, discord.Forbidden) as exc:
-            reason = f"channel {job.channel_id} is gone or no longer visible to the bot ({exc.status})"
-            self._abandoned[job.id] = reason
-            await repository.mark_failed(self.services.db, job.id, reason)  # first, so "cancelled" cannot win
-            handle.cancel()
-            log.warning("recovered job not run: %s", reason, extra={"job": job.id})
+            return f"channel {channel_id} is gone or no longer visible to the bot ({exc.status})"
         except discord.HTTPException:
-            log.warning("could not check the channel of recovered job %s; running it", job.id, exc_info=True)
+            log.warning("could not check channel %s; its jobs run anyway", channel_id, exc_info=True)
+        return None
 
     # --- when the job ends -----------------------------------------------------------------------------------
 
@@ -235,9 +250,6 @@ class Delivery:
         if watched is not None and watched.interaction is None:
             watched.finished = True
         try:
-            if job.id in self._abandoned:
-                self._abandoned.pop(job.id, None)
-                return
             if watched is not None and watched.task is not None and not watched.task.done():
                 watched.task.cancel()
             from generation.worker import GenerationResult
@@ -319,6 +331,8 @@ class Delivery:
 
         message = None
         if token_usable(job):
+            if watched is None or not watched.edited:
+                await self._end_thinking(job)
             message = await self._send_followup(job, content=content, embed=embed, files=files, **extra)
         if message is None:
             for file in files:
@@ -386,6 +400,20 @@ class Delivery:
                 return False  # unknown: the stricter non-NSFW policy applies
         is_nsfw = getattr(channel, "is_nsfw", None)
         return bool(is_nsfw()) if callable(is_nsfw) else False
+
+    async def _end_thinking(self, job: JobRecord) -> None:
+        """Edit the deferred ephemeral response before the first followup.
+
+        Discord turns the first followup after a deferred ("thinking") response into an edit of that response,
+        keeping it ephemeral: a result posted before any progress edit (a job recovered after a restart, a
+        first edit that failed or lost the race) would be seen by the member only, not posted publicly.
+        """
+        webhook = discord.Webhook.from_state(
+            data={"id": job.application_id, "type": 3, "token": job.interaction_token}, state=self.bot._connection)
+        try:
+            await webhook.edit_message("@original", content="Your image is ready.")  # type: ignore[arg-type]
+        except discord.HTTPException as exc:
+            log.info("could not edit the deferred response of job %s: %s", job.id, exc)
 
     async def _send_followup(self, job: JobRecord, **kwargs: Any) -> discord.Message | None:
         """A public followup through the stored interaction token; None when Discord no longer takes it."""

@@ -72,7 +72,7 @@ class DiffusionEngine:
 
     def _generator_device(self) -> str:
         # CUDA generators keep the noise on the GPU; MPS noise is drawn on the CPU (diffusers' advice).
-        return "cuda" if self.device.type == "cuda" else "cpu"
+        return str(self.device) if self.device.type == "cuda" else "cpu"
 
     def generate(
         self,

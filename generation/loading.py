@@ -13,6 +13,8 @@ at a local diffusers copy of its base model (only the json/tokenizer files are r
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import re
@@ -28,6 +30,7 @@ from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
 
 from generation.settings import GenerationSettings
 from generation.tiny import TINY_TEXT_SIZES, TINY_UNET_CONFIG, build_tiny_pipeline
+from generation.tokenizer import build_offline_clip_tokenizer, cache_root
 
 log = logging.getLogger(__name__)
 
@@ -189,15 +192,14 @@ def save_single_file(pipe: StableDiffusionPipeline, path: str | os.PathLike[str]
 # --------------------------------------------------------------------------- loaders
 
 
-def _cache_root() -> Path:
-    root = os.environ.get("IMAGINE_BOT_CACHE") or os.path.join(tempfile.gettempdir(), f"imagine-bot-{os.getuid()}")
-    return Path(root)
-
-
 @lru_cache(maxsize=1)
 def tiny_config_folder() -> Path:
     """A diffusers folder with the ``tiny`` architecture's configs and tokenizer, for ``from_single_file``."""
-    target = _cache_root() / "tiny-config-v1"
+    from generation import tiny
+
+    spec = json.dumps([tiny.TINY_UNET_CONFIG, tiny.TINY_VAE_CONFIG, tiny.TINY_TEXT_SIZES, tiny.SD_SCHEDULER_CONFIG,
+                       tiny.TINY_SEED, build_offline_clip_tokenizer().get_vocab()], sort_keys=True, default=str)
+    target = cache_root() / f"tiny-config-{hashlib.sha256(spec.encode()).hexdigest()[:12]}"  # stale-proof
     if not (target / "model_index.json").exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tiny-"))
@@ -287,8 +289,9 @@ def _load_hub(model_id: str, dtype: torch.dtype) -> StableDiffusionPipeline:
         except Exception as exc:
             download = f"failed ({type(exc).__name__}: {str(exc)[:200]})"
             cache_error = exc
-    raise ModelLoadError(f"could not load the hub model {model_id!r}: it is not in the local Hugging Face cache "
-                         f"and the download {download}. {WHAT_TO_SET}") from cache_error
+    raise ModelLoadError(f"could not load the hub model {model_id!r}: there is no local folder of that name, it is "
+                         f"not in the local Hugging Face cache and the download {download}. {WHAT_TO_SET}"
+                         ) from cache_error
 
 
 def _load_pipeline(model: str, settings: GenerationSettings, dtype: torch.dtype) -> StableDiffusionPipeline:

@@ -127,11 +127,17 @@ def write_tokenizer_files(directory: str | os.PathLike[str]) -> Path:
     return directory
 
 
+def cache_root() -> Path:
+    """Files the project generates (tokenizer, tiny's config folder): ``$IMAGINE_BOT_CACHE`` or a per-user temp
+    folder. Everything in it can be deleted at any time; it is rebuilt on demand."""
+    user = getattr(os, "getuid", lambda: "user")()
+    return Path(os.environ.get("IMAGINE_BOT_CACHE") or os.path.join(tempfile.gettempdir(), f"imagine-bot-{user}"))
+
+
 def _cache_dir() -> Path:
-    """Where the written files are kept: a per-user temp folder keyed by the word list and format version."""
+    """The tokenizer folder, keyed by the word list and format version so a change never reads stale files."""
     digest = hashlib.sha256((_FORMAT_VERSION + " ".join(_WORDS) + str(NUM_MERGES)).encode()).hexdigest()[:12]
-    root = os.environ.get("IMAGINE_BOT_CACHE") or os.path.join(tempfile.gettempdir(), f"imagine-bot-{os.getuid()}")
-    return Path(root) / f"clip-tokenizer-{digest}"
+    return cache_root() / f"clip-tokenizer-{digest}"
 
 
 @lru_cache(maxsize=1)

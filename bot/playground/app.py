@@ -26,6 +26,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,12 +45,10 @@ log = logging.getLogger(__name__)
 TINY_DEFAULT_SIZE = 256
 TINY_DEFAULT_STEPS = 8
 PLAYGROUND_PROGRESS_EDIT_SECONDS = 0.5
-TINY_NOTE = ("This is the built-in 'tiny' test model: its images are random patterns, not real pictures. "
-             "To get real images, set generation.model in config.yaml to a local diffusers folder or "
-             ".safetensors file (or a Hugging Face hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5 "
-             "on a machine with internet access) and restart; see README.md, 'Going live on Discord', step 4.")
-REAL_WEIGHTS_HINT = ("To get real images, set generation.model in config.yaml to a local diffusers folder or "
-                     ".safetensors file, or a hub id on a machine with internet access (see README.md).")
+REAL_WEIGHTS_HINT = ("For real images, set generation.model in config.yaml to a local diffusers folder or "
+                     ".safetensors file, or a Hugging Face hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5 "
+                     "on a machine with internet access, and restart (README.md, 'Going live on Discord', step 4).")
+TINY_NOTE = "the built-in 'tiny' model makes random patterns, not pictures. " + REAL_WEIGHTS_HINT
 
 
 @dataclass
@@ -102,12 +101,11 @@ def model_info(model: Any, settings: Settings) -> dict[str, Any]:
     banner = getattr(model, "banner", None) if is_fallback else None
     if is_fallback and not banner:
         banner = f"Running the built-in 'tiny' test model because {settings.generation.model!r} could not be loaded."
-    if is_fallback and banner and "README" not in banner:
-        banner = f"{banner} {REAL_WEIGHTS_HINT}"
     note = TINY_NOTE if name == "tiny" and not is_fallback else None
     gen = settings.generation
     return {
         "model": name, "configured_model": gen.model, "is_fallback": is_fallback, "banner": banner, "note": note,
+        "how_to": REAL_WEIGHTS_HINT if is_fallback else None,
         "device": str(getattr(model, "device", "")),
         "defaults": {"steps": gen.default_steps, "max_steps": gen.max_steps, "width": gen.default_width,
                      "height": gen.default_height, "min_size": gen.min_size, "max_size": gen.max_size,
@@ -215,20 +213,24 @@ async def start_playground(settings: Settings, *, port: int | None = None, host:
 def startup_text(playground: Playground) -> str:
     """The lines printed once everything runs: the URL first and unmissable."""
     info = playground.model_info
+    notes: list[str] = []
+    if info["is_fallback"]:
+        notes.append(f"NOTE: {info['configured_model']!r} could not be loaded, so the built-in 'tiny' test model "
+                     f"runs (random-pattern images). {REAL_WEIGHTS_HINT}")
+    elif info["model"] == "tiny":
+        notes.append(f"NOTE: 'tiny' makes random-pattern images. {REAL_WEIGHTS_HINT}")
     lines = [
         "",
-        "=" * 72,
+        "=" * 76,
         f"  imagine-bot playground is running:  {playground.url}",
-        "  Open it in a browser: a local Discord-like channel with the real bot (no Discord account needed).",
+        "",
+        "  Open it in a browser: a Discord-like channel with the real bot, no Discord account needed.",
         f"  Model: {info['model']} on {info['device'] or '?'}",
+        *(textwrap.fill(note, 74, initial_indent="  ", subsequent_indent="  ") for note in notes),
+        "  Press Ctrl-C to stop.",
+        "=" * 76,
+        "",
     ]
-    if info["is_fallback"]:
-        lines.append(f"  NOTE: {info['configured_model']!r} could not be loaded, so the 'tiny' test model runs "
-                     "(random-pattern images).")
-        lines.append("  " + REAL_WEIGHTS_HINT)
-    elif info["model"] == "tiny":
-        lines.append("  NOTE: 'tiny' makes random-pattern images; set generation.model for real ones (README.md).")
-    lines += ["  Press Ctrl-C to stop.", "=" * 72, ""]
     return "\n".join(lines)
 
 
@@ -271,6 +273,7 @@ async def serve_playground(settings: Settings) -> int:
             print("Stopping the playground...", file=sys.stderr, flush=True)
             waiter.cancel()
             await playground.close()
+            print("Playground stopped.", file=sys.stderr, flush=True)
         if waiter.done() and not waiter.cancelled() and waiter.exception() is not None:
             log.error("the bot's connection to the local server ended: %s", waiter.exception())
             return 1

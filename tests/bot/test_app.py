@@ -170,6 +170,7 @@ async def test_recovery_delivers_or_fails_each_unfinished_job(tmp_path: Path) ->
             services_db = running.services.db
             failed = await repository.get_job(services_db, gone.id)
             assert failed.status == "failed" and "424242" in failed.error
+            assert failed.started_at is None and running.bot.recovered  # never re-queued: no GPU time spent
             for job_id, message in ((refused_token.id, first), (old.id, second)):
                 job = await repository.get_job(services_db, job_id)
                 assert job.status == "done" and job.message_id == message.id

@@ -93,6 +93,23 @@ async def test_imagine_acks_fast_shows_progress_and_posts_publicly(world: World)
     assert "🔄" in result.reactions  # the bot offers the rerun reaction
 
 
+async def test_ack_comes_first_even_when_the_database_is_slow(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bot import submission
+
+    real = submission.repository.get_guild_settings
+
+    async def slow_guild_settings(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(4)  # longer than Discord's 3 s acknowledgement window
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(submission.repository, "get_guild_settings", slow_guild_settings)
+    interaction = await world.server.send_command(world.member("bob"), world.server.general, "imagine",
+                                                  {"prompt": "patience"})
+    await interaction.wait_for_ack(timeout=3)
+    assert interaction.ack_latency < 1.0
+    await interaction.wait_for_response(timeout=30, predicate=lambda m: m.ephemeral and "Done" in m.content)
+
+
 def _job_id(message: Any) -> int:
     return int(message.custom_ids()[0].rsplit(":", 1)[1])
 

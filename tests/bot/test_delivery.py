@@ -69,3 +69,65 @@ def test_embed_carries_the_parameters() -> None:
     assert fields["Seeds"] == "7–8" and fields["Steps"] == "2" and fields["Size"] == "64×64"
     assert fields["Sampler"] == "Euler a" and fields["Model"] == "tiny"
     assert "42" in embed.footer.text and "<@3>" in (embed.description or "")
+
+
+class FakeHandle:
+    job_id = "42"
+
+    def __init__(self, steps: int, preview: bytes | None = None) -> None:
+        self.steps, self.preview = steps, preview
+
+    async def progress(self):  # noqa: ANN201 - an async generator of Progress
+        from generation.worker import Progress
+
+        for step in range(1, self.steps + 1):
+            yield Progress(step, self.steps, self.preview)
+
+
+class FakeInteraction:
+    filesize_limit = 8 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self.edits: list[dict] = []
+
+    async def edit_original_response(self, **kwargs) -> None:  # noqa: ANN003
+        self.edits.append(kwargs)
+
+
+def make_delivery(progress_edit_seconds: float):  # noqa: ANN201
+    from types import SimpleNamespace
+
+    from bot.config import settings_from_mapping
+    from bot.delivery import Delivery
+
+    settings = settings_from_mapping({"discord": {"progress_edit_seconds": progress_edit_seconds}}, environ={})
+    worker = SimpleNamespace(position=lambda job_id: 2, estimate_seconds=lambda job_id: 30.0)
+    return Delivery(SimpleNamespace(spawn=None), SimpleNamespace(settings=settings, worker=worker))
+
+
+@pytest.mark.parametrize(("every", "expected"), [(0.0, 1 + 10), (3600.0, 1 + 1)])
+async def test_progress_edits_are_throttled(every: float, expected: int) -> None:
+    from bot.delivery import Watched
+
+    delivery = make_delivery(every)
+    interaction = FakeInteraction()
+    watched = Watched(42, interaction, delivery.size_limit_for(interaction))
+    await delivery._progress(watched, FakeHandle(10, preview=b"\x89PNG tiny"))
+    contents = [edit["content"] for edit in interaction.edits]
+    assert len(contents) == expected
+    assert contents[0].startswith("Queued — position 2")
+    assert contents[-1].startswith("Generating — step 10/10")  # the last step is always shown
+    assert interaction.edits[-1]["attachments"][0].filename == "preview.png"
+    assert watched.size_limit == 8 * 1024 * 1024
+
+
+async def test_no_progress_edit_after_the_final_one() -> None:
+    from bot.delivery import Watched
+
+    delivery = make_delivery(0.0)
+    interaction = FakeInteraction()
+    watched = Watched(42, interaction, 1024)
+    await delivery.edit_status(watched, final=True, content="Done.")
+    assert not await delivery.edit_status(watched, content="Generating — step 3/10")
+    assert [e["content"] for e in interaction.edits] == ["Done."]
+    assert make_delivery(0.0).size_limit_for(None) == 10 * 1024 * 1024

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
-from e2e_support import ACK_DEADLINE, E2E, e2e_config, eventually, is_result_for, png_of
+from e2e_support import ACK_DEADLINE, E2E, BotFactory, e2e_config, eventually, is_result_for, png_of
 
 from bot.app import RunningBot
 from bot.localdiscord import LocalDiscordServer, Message
@@ -217,8 +217,12 @@ async def test_sigkill_with_queued_jobs_then_restart_delivers_every_job(
 
         await eventually(all_done, "every job done after the restart", timeout=120, interval=0.2)
         jobs = _jobs(db_path)
-        for job, (member, options), interaction in zip(jobs, requests, interactions, strict=True):
-            assert job["user_id"] == member.id and job["seed"] == options["seed"]
+        by_seed = {options["seed"]: (member, options, interaction)
+                   for (member, options), interaction in zip(requests, interactions, strict=True)}
+        assert sorted(job["seed"] for job in jobs) == sorted(by_seed)
+        for job in jobs:  # journalled in the order the bot handled the commands, not necessarily sent
+            member, options, interaction = by_seed[job["seed"]]
+            assert job["user_id"] == member.id and job["prompt"] == options["prompt"]
             assert job["message_id"] is not None, f"job {job['id']} is done but has no result message"
             message = server.messages[int(job["message_id"])]
             assert is_result_for(member)(message), f"job {job['id']}: not a public PNG result: {message}"
@@ -297,3 +301,42 @@ async def test_429_on_followup_is_retried_and_result_arrives(
     assert job.status == "done"
     await asyncio.sleep(0)  # let any duplicate post land before counting
     assert len([m for m in server.bot_messages() if png_of(m) is not None]) == 1
+
+
+# --- a job recovered after a restart is still posted publicly --------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+async def test_recovered_job_whose_deferred_response_was_never_edited_is_posted_publicly(
+        discord_server: LocalDiscordServer, bots: BotFactory, e2e: E2E) -> None:
+    """Discord turns the first followup after a deferred response into an edit of that (ephemeral) response.
+    A job recovered after a restart whose "thinking" response was never edited (the process stopped before its
+    first progress edit; here that edit fails) must still be posted publicly, not only to its member."""
+    server = discord_server
+    settings = bots.settings()
+    first = await bots.start(settings)
+    olivia, bob = server.members["olivia"], server.members["bob"]
+    failing = server.fail_route("PATCH", "/webhooks/*/*/messages/@original", 404, times=10_000)
+
+    await server.send_command(olivia, server.general, "imagine",
+                              {"prompt": "a long one", "steps": 16, "width": 192, "height": 192})
+    long_job = await eventually(lambda: _only_job(first, server, olivia), "the long job journalled")
+    await eventually(lambda: _running(first, long_job.id), "the long job running", timeout=30)
+    waiting = await server.send_command(bob, server.general, "imagine", {"prompt": "a quiet harbour", "seed": 12})
+    job = await eventually(lambda: _only_job(first, server, bob), "bob's job journalled")
+    await eventually(lambda: any(c.method == "PATCH" and waiting.token in c.path and c.status == 404
+                                 for c in server.rest_log), "bob's first progress edit refused")
+    server.clear_faults()
+    assert failing.hits >= 2
+    await bots.stop(first)  # orderly: the running job is delivered, bob's stays journalled
+    assert waiting.original is not None and waiting.original.loading, "bob's response should still be thinking"
+
+    second = await bots.start(settings)
+    result = await e2e.wait_for_new_result(bob, timeout=60)
+    assert not result.ephemeral and result.id != waiting.original_message_id
+    assert result.id in waiting.message_ids
+    assert _seed_in_png(result) == 12
+    original = waiting.original
+    assert original is not None and original.ephemeral and not original.loading and png_of(original) is None
+    done = await e2e.job_with_status(second, job.id, "done")
+    assert done.message_id == result.id

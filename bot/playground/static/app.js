@@ -5,7 +5,7 @@
 const EPHEMERAL = 1 << 6;
 const LOADING = 1 << 7;
 const AVATAR_COLOURS = ["#5865f2", "#757e8a", "#3ba55c", "#faa61a", "#ed4245", "#eb459e"];
-const QUICK_REACTIONS = ["🔄", "👍", "⭐"];
+const QUICK_REACTIONS = ["🔄", "⭐", "❤️"];
 
 const S = {
   guild: null,
@@ -26,6 +26,46 @@ const S = {
 };
 
 const $ = (id) => document.getElementById(id);
+
+// Emoji drawn as small SVGs, like Discord's Twemoji images: consistent everywhere, and visible on machines
+// without a colour emoji font (a headless server often has none). Anything else stays text.
+const SVG_EMOJI = {
+  "🔄": '<rect x="2" y="2" width="32" height="32" rx="6" fill="#3B88C3"/><g fill="none" stroke="#fff" stroke-width="3.2" stroke-linecap="round"><path d="M9.5 18a8.5 8.5 0 0 1 14.5-6"/><path d="M26.5 18a8.5 8.5 0 0 1-14.5 6"/></g><path fill="#fff" d="M27.5 7.5v8h-8zM8.5 28.5v-8h8z"/>',
+  "⭐": '<path fill="#FFAC33" d="M18 2.5l4.8 10.1 11 1.4-8.1 7.6 2.1 10.9L18 27.1 8.2 32.5l2.1-10.9L2.2 14l11-1.4z"/>',
+  "🗑": '<path fill="#99AAB5" d="M8 10h20l-2 22a2 2 0 0 1-2 2H12a2 2 0 0 1-2-2z"/><rect x="5" y="6" width="26" height="4" rx="2" fill="#CCD6DD"/><rect x="14" y="3" width="8" height="4" rx="1.5" fill="#CCD6DD"/><path stroke="#66757F" stroke-width="2" d="M14 14v16M18 14v16M22 14v16"/>',
+  "ℹ": '<rect x="2" y="2" width="32" height="32" rx="6" fill="#3B88C3"/><circle cx="18" cy="10" r="2.6" fill="#fff"/><rect x="15.6" y="15" width="4.8" height="13" rx="1.5" fill="#fff"/>',
+  "⚠": '<path fill="#FFCC4D" d="M16.3 4.4a2 2 0 0 1 3.4 0l14 25A2 2 0 0 1 32 32.5H4a2 2 0 0 1-1.7-3.1z"/><rect x="16" y="11" width="4" height="12" rx="2" fill="#231F20"/><circle cx="18" cy="27" r="2.2" fill="#231F20"/>',
+  "✅": '<rect x="2" y="2" width="32" height="32" rx="6" fill="#77B255"/><path fill="none" stroke="#fff" stroke-width="4" stroke-linecap="round" stroke-linejoin="round" d="M9 18.5l6 6L27 11"/>',
+  "❌": '<path stroke="#DD2E44" stroke-width="6" stroke-linecap="round" d="M8 8l20 20M28 8L8 28"/>',
+  "✖": '<path stroke="#66757F" stroke-width="5" stroke-linecap="round" d="M9 9l18 18M27 9L9 27"/>',
+  "🚫": '<circle cx="18" cy="18" r="14" fill="none" stroke="#DD2E44" stroke-width="4.5"/><path stroke="#DD2E44" stroke-width="4.5" d="M8.5 8.5l19 19"/>',
+  "🏆": '<path fill="#FFAC33" d="M9 4h18v8a9 9 0 0 1-18 0z"/><path fill="none" stroke="#FFAC33" stroke-width="3" d="M9 7H4.5v2a6 6 0 0 0 6 6M27 7h4.5v2a6 6 0 0 1-6 6"/><rect x="16" y="20" width="4" height="7" fill="#F4900C"/><rect x="10" y="27" width="16" height="5" rx="1.5" fill="#C1694F"/>',
+  "🥇": '<path fill="#55ACEE" d="M10 2h6l4 10h-6zM26 2h-6l-4 10h6z"/><circle cx="18" cy="23" r="11" fill="#FFAC33"/><text x="18" y="28" font-size="13" font-family="sans-serif" font-weight="700" text-anchor="middle" fill="#fff">1</text>',
+  "🥈": '<path fill="#55ACEE" d="M10 2h6l4 10h-6zM26 2h-6l-4 10h6z"/><circle cx="18" cy="23" r="11" fill="#CCD6DD"/><text x="18" y="28" font-size="13" font-family="sans-serif" font-weight="700" text-anchor="middle" fill="#66757F">2</text>',
+  "🥉": '<path fill="#55ACEE" d="M10 2h6l4 10h-6zM26 2h-6l-4 10h6z"/><circle cx="18" cy="23" r="11" fill="#FF8A3B"/><text x="18" y="28" font-size="13" font-family="sans-serif" font-weight="700" text-anchor="middle" fill="#fff">3</text>',
+  "🏁": '<rect x="5" y="3" width="2.5" height="31" rx="1" fill="#66757F"/><path fill="#fff" d="M7.5 4h24v16h-24z"/><path fill="#292F33" d="M7.5 4h6v4h-6zM19.5 4h6v4h-6zM13.5 8h6v4h-6zM25.5 8h6v4h-6zM7.5 12h6v4h-6zM19.5 12h6v4h-6zM13.5 16h6v4h-6zM25.5 16h6v4h-6z"/>',
+  "🗳": '<rect x="4" y="14" width="28" height="18" rx="2" fill="#99AAB5"/><rect x="10" y="4" width="16" height="14" fill="#fff" transform="rotate(-8 18 11)"/><rect x="8" y="17" width="20" height="2.5" fill="#292F33"/>',
+  "⏳": '<rect x="7" y="3" width="22" height="3" rx="1.5" fill="#C1694F"/><rect x="7" y="30" width="22" height="3" rx="1.5" fill="#C1694F"/><path fill="#CCD6DD" d="M10 6h16c0 7-6 9-6 12s6 5 6 12H10c0-7 6-9 6-12s-6-5-6-12z"/><path fill="#FFAC33" d="M13 27c1-3 5-4 5-6 0 2 4 3 5 6z"/>',
+  "❤": '<path fill="#DD2E44" d="M18 32C6 23 2 16 5.5 9.5 9 3.5 15.5 5 18 10c2.5-5 9-6.5 12.5-.5C34 16 30 23 18 32z"/>',
+  "👁": '<path fill="#E1E8ED" d="M2 18C7 9 13 6.5 18 6.5S29 9 34 18c-5 9-11 11.5-16 11.5S7 27 2 18z"/><circle cx="18" cy="18" r="7" fill="#55ACEE"/><circle cx="18" cy="18" r="3.5" fill="#292F33"/>',
+  "🎨": '<path fill="#D99E82" d="M18 3C9 3 2 9.5 2 17.5 2 25 8.5 33 16 33c3 0 3.5-2.5 2.5-4.5S18 24 21.5 24H27c4 0 7-3 7-7C34 9 27 3 18 3z"/><circle cx="10" cy="15" r="3" fill="#DD2E44"/><circle cx="16" cy="9" r="3" fill="#FFCC4D"/><circle cx="24" cy="10" r="3" fill="#77B255"/><circle cx="27.5" cy="17" r="3" fill="#55ACEE"/><circle cx="10" cy="24" r="3.5" fill="#fff"/>',
+};
+const EMOJI_RE = new RegExp(`(${Object.keys(SVG_EMOJI).join("|")})\\uFE0F?`, "gu");
+
+function emojiSrc(emoji) {
+  const body = SVG_EMOJI[emoji.replace(/\uFE0F/g, "")];
+  return body ? `data:image/svg+xml,${encodeURIComponent(`<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 36 36">${body}</svg>`)}` : null;
+}
+
+function emojiHtml(text) {
+  // Replaces known emoji in already-escaped HTML text by their images (alt keeps the character for copy/paste).
+  return text.replace(EMOJI_RE, (match) => `<img class="emoji" alt="${match}" draggable="false" src="${emojiSrc(match)}">`);
+}
+
+function emojiNode(emoji, cls = "emoji") {
+  const src = emojiSrc(emoji || "");
+  return src ? el("img", { class: cls, alt: emoji, draggable: "false", src }) : el("span", { class: cls }, emoji);
+}
 
 // ------------------------------------------------------------------ small helpers
 
@@ -79,7 +119,7 @@ function avatar(user, extraClass = "") {
     class: `avatar ${isBot ? "bot" : ""} ${extraClass}`,
     style: isBot ? null : `background:${colourFor(user ? user.id : "0")}`,
     "aria-hidden": "true",
-  }, isBot ? "🎨" : name.slice(0, 1).toUpperCase());
+  }, isBot ? emojiNode("🎨", "avatar-emoji") : name.slice(0, 1).toUpperCase());
 }
 
 function formatTime(iso) {
@@ -93,17 +133,8 @@ function formatTime(iso) {
 function relativeTime(seconds) {
   const delta = Math.round(seconds - Date.now() / 1000);
   const abs = Math.abs(delta);
-  const units = [["second", 60], ["minute", 3600], ["hour", 86400], ["day", Infinity]];
-  let value = abs, unit = "second";
-  for (const [name, limit] of units) {
-    unit = name;
-    if (abs < limit) break;
-    value = abs / (limit === Infinity ? 1 : limit);
-  }
-  if (unit === "minute") value = abs / 60;
-  else if (unit === "hour") value = abs / 3600;
-  else if (unit === "day") value = abs / 86400;
-  value = Math.max(1, Math.round(value));
+  const [value, unit] = abs < 60 ? [abs, "second"] : abs < 3600 ? [Math.round(abs / 60), "minute"]
+    : abs < 86400 ? [Math.round(abs / 3600), "hour"] : [Math.round(abs / 86400), "day"];
   const text = `${value} ${unit}${value === 1 ? "" : "s"}`;
   return delta >= 0 ? `in ${text}` : `${text} ago`;
 }
@@ -138,7 +169,8 @@ function markdown(text, { embed = false } = {}) {
   s = s.replace(/&lt;t:(\d+)(?::([tTdDfFR]))?&gt;/g, (_, secs, style) => {
     const date = new Date(Number(secs) * 1000);
     const shown = style === "R" ? relativeTime(Number(secs)) : date.toLocaleString();
-    return keep(`<code title="${escapeHtml(date.toLocaleString())}">${escapeHtml(shown)}</code>`);
+    const live = style === "R" ? ` class="ts-rel" data-ts="${secs}"` : "";
+    return keep(`<code${live} title="${escapeHtml(date.toLocaleString())}">${escapeHtml(shown)}</code>`);
   });
   s = s.replace(/\[([^\]]+)\]\((https?:\/\/[^\s)]+)\)/g, (_, label, url) => keep(linkHtml(url, label)));
   s = s.replace(/https?:\/\/[^\s<]+[^\s<.,:;"')\]]/g, (url) => keep(linkHtml(url.replace(/&amp;/g, "&"), null)));
@@ -149,6 +181,7 @@ function markdown(text, { embed = false } = {}) {
   s = s.replace(/~~([\s\S]+?)~~/g, "<s>$1</s>");
   s = s.replace(/\|\|([\s\S]+?)\|\|/g, '<span class="spoiler-text">$1</span>');
   if (!embed) s = s.replace(/(^|\n)&gt; ([^\n]*)/g, "$1<blockquote>$2</blockquote>");
+  s = emojiHtml(s);
   return s.replace(/\u0000(\d+)\u0000/g, (_, i) => slots[Number(i)]);
 }
 
@@ -193,7 +226,8 @@ function renderMessage(message, grouped) {
     node.append(el("div", { class: "reply-line" },
       avatar(meta.user, "mini-avatar"),
       el("span", { class: "who" }, displayName(meta.user)),
-      meta.name ? el("span", {}, " used ", el("span", { class: "cmd" }, `/${meta.name}`)) : null));
+      meta.name ? el("span", {}, " used ", el("span", { class: "cmd" }, `/${meta.name}`))
+        : el("span", {}, meta.type === 3 ? " pressed a button" : meta.type === 5 ? " submitted a form" : "")));
   }
   node.append(avatar(message.author));
   if (grouped) node.append(el("div", { class: "gutter-time" }, formatTime(message.timestamp).replace(/^Today at /, "")));
@@ -230,7 +264,7 @@ function renderMessage(message, grouped) {
   if (reactions) body.append(reactions);
   if (ephemeral) {
     body.append(el("div", { class: "ephemeral-note", dataset: { testid: "ephemeral-note" } },
-      "👁 Only you can see this • ",
+      emojiNode("👁"), " Only you can see this • ",
       el("a", { onclick: () => { S.dismissed.add(message.id); render(); } }, "Dismiss message")));
   }
   node.append(body);
@@ -238,7 +272,7 @@ function renderMessage(message, grouped) {
   if (!ephemeral && !loading) {
     const bar = el("div", { class: "hover-bar" });
     for (const emoji of QUICK_REACTIONS) {
-      bar.append(el("button", { title: `React with ${emoji}`, onclick: () => toggleReaction(message.id, emoji) }, emoji));
+      bar.append(el("button", { title: `React with ${emoji}`, onclick: () => toggleReaction(message.id, emoji) }, emojiNode(emoji)));
     }
     node.append(bar);
   }
@@ -325,7 +359,7 @@ function renderComponents(message) {
         const button = el("button", {
           class: `btn s${item.style || 2}`, disabled: Boolean(item.disabled), type: "button",
           dataset: { customId: item.custom_id || "" },
-        }, emoji ? el("span", { class: "emoji" }, emoji) : null, item.label || "");
+        }, emoji ? emojiNode(emoji) : null, item.label || "");
         button.addEventListener("click", () => pressButton(message.id, item.custom_id, button));
         line.append(button);
       } else if (item.type === 3) {
@@ -355,7 +389,7 @@ function renderReactions(message) {
     box.append(el("button", {
       class: `reaction${mine ? " me" : ""}`, type: "button", title: `${names.join(", ")} reacted with ${emoji}`,
       dataset: { emoji }, onclick: () => toggleReaction(message.id, emoji),
-    }, el("span", { class: "emoji" }, reaction.emoji.name), el("span", { class: "count" }, reaction.count)));
+    }, emojiNode(reaction.emoji.name), el("span", { class: "count" }, reaction.count)));
   }
   return box;
 }
@@ -493,23 +527,24 @@ function renderInfo() {
 
   const banners = $("banners");
   banners.replaceChildren();
-  const add = (kind, icon, title, text) => {
+  const add = (kind, icon, title, howTo, details) => {
     if (S.dismissed.has(`banner-${kind}`)) return;
     banners.append(el("div", { class: `banner ${kind}`, dataset: { testid: `banner-${kind}` } },
-      el("span", { class: "icon" }, icon),
-      el("div", { class: "text" }, el("strong", {}, title), " ", el("span", { html: bannerHtml(text) })),
+      emojiNode(icon, "icon"),
+      el("div", { class: "text" }, el("strong", {}, title), " ", el("span", { html: bannerHtml(howTo) }),
+        details ? el("details", {}, el("summary", {}, "Why?"), el("div", { html: bannerHtml(details) })) : null),
       el("button", { title: "Dismiss", onclick: () => { S.dismissed.add(`banner-${kind}`); renderInfo(); } }, "✕")));
   };
   if (info.is_fallback) {
-    add("warning", "⚠️", `Running the built-in 'tiny' test model: '${info.configured_model}' could not be loaded.`,
-      info.banner || "");
+    add("warning", "⚠️", `'${info.configured_model}' could not be loaded, so the built-in 'tiny' test model runs: `
+      + "its images are random patterns, not pictures.", info.how_to || "", info.banner || "");
   } else if (info.note) {
-    add("info", "ℹ️", "Test model.", info.note);
+    add("info", "ℹ️", "Test model:", info.note, null);
   }
 }
 
 function bannerHtml(text) {
-  return escapeHtml(text).replace(/(generation\.[a-z_]+|config\.yaml|README\.md|fallback_to_tiny: true|'tiny')/g, "<code>$1</code>");
+  return escapeHtml(text).replace(/(generation\.[a-z_]+|config\.yaml|README\.md|fallback_to_tiny: true)/g, "<code>$1</code>");
 }
 
 // ------------------------------------------------------------------ state from the server
@@ -765,6 +800,7 @@ function openViewer(url) {
 // ------------------------------------------------------------------ wiring
 
 function init() {
+  $("home-icon").append(emojiNode("🎨", "avatar-emoji"));
   $("imagine-form").addEventListener("submit", submitImagine);
   $("composer").addEventListener("submit", submitComposer);
   $("member-picker").addEventListener("change", (e) => switchMember(e.target.value));
@@ -809,6 +845,12 @@ function init() {
       node.classList.add("flash");
     }
   });
+  // Images and edits change heights after rendering: stay at the newest message unless the reader scrolled up.
+  new ResizeObserver(() => stickToBottom()).observe($("message-stack"));
+  // <t:...:R> timestamps ("in 59 minutes") keep counting, as in Discord.
+  setInterval(() => {
+    for (const node of document.querySelectorAll(".ts-rel")) node.textContent = relativeTime(Number(node.dataset.ts));
+  }, 10000);
   setInterval(() => { if (S.ws && S.ws.readyState === WebSocket.OPEN) S.ws.send("ping"); }, 25000);
   connect();
 }
