@@ -355,7 +355,7 @@ class ContestCog(commands.GroupCog, name="Contests", group_name="contest",
             except RuleError as exc:
                 await self._refuse_reaction(payload, exc.message)
         except Exception:
-            log.exception("vote by reaction failed", extra={"message": payload.message_id, "user": payload.user_id})
+            log.exception("vote by reaction failed", extra={"message_id": payload.message_id, "user": payload.user_id})
 
     async def _refuse_reaction(self, payload: discord.RawReactionActionEvent, reason: str) -> None:
         """Take the refused ⭐ off again (so it does not look counted) and say why, briefly."""
@@ -385,7 +385,7 @@ class ContestCog(commands.GroupCog, name="Contests", group_name="contest",
             with contextlib.suppress(RuleError):  # no vote to take back (refused earlier, or voting closed)
                 await self.service.unvote(entry.id, payload.user_id)
         except Exception:
-            log.exception("unvote by reaction failed", extra={"message": payload.message_id})
+            log.exception("unvote by reaction failed", extra={"message_id": payload.message_id})
 
     # --- deleted entry messages ------------------------------------------------------------------------------
 

@@ -319,7 +319,7 @@ async def test_recovered_job_whose_deferred_response_was_never_edited_is_posted_
     failing = server.fail_route("PATCH", "/webhooks/*/*/messages/@original", 404, times=10_000)
 
     await server.send_command(olivia, server.general, "imagine",
-                              {"prompt": "a long one", "steps": 16, "width": 192, "height": 192})
+                              {"prompt": "a long one", "steps": 12, "width": 160, "height": 160})
     long_job = await eventually(lambda: _only_job(first, server, olivia), "the long job journalled")
     await eventually(lambda: _running(first, long_job.id), "the long job running", timeout=30)
     waiting = await server.send_command(bob, server.general, "imagine", {"prompt": "a quiet harbour", "seed": 12})
@@ -332,9 +332,11 @@ async def test_recovered_job_whose_deferred_response_was_never_edited_is_posted_
     assert waiting.original is not None and waiting.original.loading, "bob's response should still be thinking"
 
     second = await bots.start(settings)
-    result = await e2e.wait_for_new_result(bob, timeout=60)
-    assert not result.ephemeral and result.id != waiting.original_message_id
-    assert result.id in waiting.message_ids
+    result = await server.wait_for_message(lambda m: m.id in waiting.message_ids and png_of(m) is not None,
+                                           timeout=60, include_existing=True)
+    assert not result.ephemeral, "the result replaced the member's ephemeral response instead of being posted"
+    assert result.id != waiting.original_message_id
+    assert is_result_for(bob)(result)
     assert _seed_in_png(result) == 12
     original = waiting.original
     assert original is not None and original.ephemeral and not original.loading and png_of(original) is None

@@ -23,6 +23,8 @@ const S = {
   ws: null,
   retry: 0,
   popupIndex: 0,
+  pending: new Map(), // interaction id -> timer: Discord says "did not respond" after 3 s without an answer
+  acked: new Set(), // interactions answered (the answer can arrive on the WebSocket before the POST returns)
 };
 
 const $ = (id) => document.getElementById(id);
@@ -573,6 +575,11 @@ function applyState(state) {
 
 function applyEvent(event) {
   const message = event.message;
+  if (event.type === "interaction_response") {
+    S.acked.add(event.interaction_id);
+    clearTimeout(S.pending.get(event.interaction_id));
+    S.pending.delete(event.interaction_id);
+  }
   switch (event.type) {
     case "message_create":
     case "message_update":
@@ -641,7 +648,17 @@ async function post(path, body) {
     return null;
   }
   hideError();
+  if (data.interaction_id) watchInteraction(data.interaction_id);
   return data;
+}
+
+function watchInteraction(id) {
+  // Like Discord's client: an interaction the bot does not acknowledge within 3 s has failed.
+  if (S.acked.has(id)) return;
+  S.pending.set(id, setTimeout(() => {
+    S.pending.delete(id);
+    showError(`${S.bot ? S.bot.username : "The bot"} did not respond: the interaction was not acknowledged within 3 s.`);
+  }, 3500));
 }
 
 function showError(text) {
