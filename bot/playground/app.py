@@ -27,9 +27,11 @@ import signal
 import sys
 import tempfile
 import textwrap
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import SecretStr
 
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from bot.localdiscord import LocalDiscordServer
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TINY_DEFAULT_SIZE = 256
 TINY_DEFAULT_STEPS = 8
@@ -49,6 +52,10 @@ REAL_WEIGHTS_HINT = ("For real images, set generation.model in config.yaml to a 
                      ".safetensors file, or a Hugging Face hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5 "
                      "on a machine with internet access, and restart (README.md, 'Going live on Discord', step 4).")
 TINY_NOTE = "the built-in 'tiny' model makes random patterns, not pictures. " + REAL_WEIGHTS_HINT
+
+
+class PlaygroundPortError(OSError):
+    """The page's address cannot be listened on (port in use, no permission); the message says what to change."""
 
 
 @dataclass
@@ -173,41 +180,75 @@ async def start_playground(settings: Settings, *, port: int | None = None, host:
     generation = settings.generation.model_copy(update={"fallback_to_tiny": True})
     server = LocalDiscordServer(token=f"playground-{secrets.token_urlsafe(24)}", port=0,
                                 attachment_size_limit=settings.discord.attachment_size_limit)
-    web: PlaygroundWeb | None = None
+    # The page first: a busy port fails at once (not after a model load), and an early visitor sees "starting".
+    web = PlaygroundWeb(server, info=lambda: starting_info(settings))
     services = None
     try:
         await server.start()
+        try:
+            await web.start(host, port)
+        except OSError as exc:
+            raise PlaygroundPortError(
+                f"Cannot start the playground page on {host}:{port} ({exc.strerror or exc}). Is another playground "
+                "running? Choose another port with --port or playground.port in config.yaml.") from exc
         if model is None and engine is None:
             from generation.loading import load_pipeline
 
             log.info("loading model %r (the playground falls back to 'tiny' if it cannot be loaded)",
                      generation.model)
-            model = await asyncio.to_thread(load_pipeline, generation)
+            model = await in_daemon_thread(load_pipeline, generation)
         if getattr(model, "name", None) == "tiny" or (model is None and generation.model == "tiny"):
             generation = generation.model_copy(update=tiny_defaults(generation))
         effective = playground_settings(settings, server, folder, generation=generation)
+        effective = effective.model_copy(update={"playground": effective.playground.model_copy(
+            update={"host": host, "port": web.port})})
         services = await build_services(effective, model=model, engine=engine)
         running = await start_bot(effective, services=services)
         services = None  # from here on the running bot closes them
-        try:
-            web = PlaygroundWeb(server, info=lambda: model_info(running.services.model, effective))
-            await web.start(host, port)
-        except BaseException:
-            await running.close(close_services=True)
-            raise
-        effective = effective.model_copy(update={"playground": effective.playground.model_copy(
-            update={"host": host, "port": web.port})})
+        web.info = lambda: model_info(running.services.model, effective)
+        web.push_state()  # pages opened while starting get the commands and the model banner
         return Playground(settings=effective, server=server, running=running, web=web, data_dir=folder,
                           remove_data_dir=remove)
     except BaseException:
         if services is not None:
             await services.close()
-        if web is not None:
-            await web.close()
+        await web.close()
         await server.close()
         if remove:
             shutil.rmtree(folder, ignore_errors=True)
         raise
+
+
+async def in_daemon_thread(func: Callable[..., T], *args: Any) -> T:
+    """``func(*args)`` in a daemon thread: unlike ``asyncio.to_thread``, a Ctrl-C during a long model download
+    does not have to wait for it to finish before the process can exit."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():
+            outcome()
+
+    def run() -> None:
+        try:
+            result = func(*args)
+        except BaseException as exc:  # handed to the awaiting coroutine
+            error = exc
+            with contextlib.suppress(RuntimeError):  # the loop is already closed: nobody is waiting
+                loop.call_soon_threadsafe(settle, lambda: future.set_exception(error))
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle, lambda: future.set_result(result))
+
+    threading.Thread(target=run, name=f"playground-{getattr(func, '__name__', 'work')}", daemon=True).start()
+    return await future
+
+
+def starting_info(settings: Settings) -> dict[str, Any]:
+    """What the page shows before the bot is ready (the model may take minutes to load)."""
+    return {"starting": True, "model": settings.generation.model, "configured_model": settings.generation.model,
+            "is_fallback": False, "banner": None, "note": None, "how_to": None, "device": "",
+            "defaults": {}, "limits": {}}
 
 
 def startup_text(playground: Playground) -> str:
@@ -253,14 +294,17 @@ async def serve_playground(settings: Settings) -> int:
             starter.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await starter
+            print("Playground stopped while starting.", file=sys.stderr, flush=True)
             return 0
         try:
             playground = starter.result()
-        except OSError as exc:
-            port = settings.playground.port
-            print(f"Cannot start the playground page on {settings.playground.host}:{port} ({exc.strerror or exc})."
-                  " Is another playground running? Choose another port with --port or playground.port.",
-                  file=sys.stderr)
+        except PlaygroundPortError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        except Exception as exc:
+            if not _admin_fixable(exc):
+                raise
+            print(f"Cannot start the playground: {exc}", file=sys.stderr)
             return 2
         print(startup_text(playground), flush=True)
         waiter = asyncio.create_task(playground.running.wait_closed(), name="playground-bot")
@@ -282,6 +326,16 @@ async def serve_playground(settings: Settings) -> int:
         stopper.cancel()
         for sig in installed:
             loop.remove_signal_handler(sig)
+
+
+def _admin_fixable(exc: BaseException) -> bool:
+    """Errors whose message tells the admin what to change in config.yaml (shown as one line, no traceback)."""
+    from bot.config import ConfigError
+    from bot.moderation.filter import FilterConfigError
+    from bot.moderation.safety import SafetyCheckerLoadError
+    from generation.loading import ModelLoadError
+
+    return isinstance(exc, (ConfigError, FilterConfigError, SafetyCheckerLoadError, ModelLoadError))
 
 
 def run_playground(settings: Settings) -> int:

@@ -29,6 +29,7 @@ import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from aiohttp import WSMsgType, web
 
@@ -68,7 +69,9 @@ class PlaygroundWeb:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/"
+        """Where a browser on this machine opens the page (a wildcard address is reached through 127.0.0.1)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}/"
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -84,8 +87,27 @@ class PlaygroundWeb:
         app.router.add_post("/api/message", self._message)
         app.router.add_get("/ws", self._websocket)
         app.router.add_get("/attachments/{id}/{filename}", self._attachment)
+        app.middlewares.append(self._same_origin_only)
         app.middlewares.append(_errors_as_json)
         return app
+
+    @web.middleware
+    async def _same_origin_only(self, request: web.Request,
+                                handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+        """Only this page may act as members: any web site the person visits could otherwise POST to
+        127.0.0.1 or read the WebSocket (cross-site requests carry a foreign ``Origin``), or reach it through DNS
+        rebinding (a foreign ``Host``). Tools without an ``Origin`` (curl, tests) are fine."""
+        host = request.headers.get("Host", "")
+        if self.host not in ("0.0.0.0", "::", "") and host.rsplit(":", 1)[0].strip("[]") not in self._local_names():
+            return web.json_response({"error": f"unexpected Host {host!r}; open the page at {self.url}"}, status=403)
+        origin = request.headers.get("Origin")
+        acting = request.method != "GET" or request.path == "/ws"
+        if acting and origin is not None and origin.split("://", 1)[-1] != host:
+            return web.json_response({"error": "cross-origin requests are refused"}, status=403)
+        return await handler(request)
+
+    def _local_names(self) -> set[str]:
+        return {"127.0.0.1", "localhost", "::1", self.host}
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Listen on ``host:port`` (0 picks a free port, read back into :attr:`port`)."""
@@ -114,7 +136,7 @@ class PlaygroundWeb:
         (Discord's payload only says whether the *bot* reacted)."""
         data = message.to_event()
         for attachment in data.get("attachments", []):
-            local = f"/attachments/{attachment['id']}/{attachment['filename']}"
+            local = f"/attachments/{attachment['id']}/{quote(attachment['filename'])}"
             attachment["url"] = attachment["proxy_url"] = local
         data["reaction_users"] = {emoji: [str(u) for u in users] for emoji, users in message.reactions.items()
                                   if users}
@@ -137,7 +159,7 @@ class PlaygroundWeb:
                 "bot": member.user.bot, "owner": member.id == guild.owner_id, "roles": role_names,
                 "admin": any(roles[r].permissions & ADMINISTRATOR for r in member.role_ids if r in roles),
             })
-        commands = [c for c in server.snapshot()["commands"] if c.get("type", 1) == 1]
+        commands = [c for c in self.commands() if c.get("type", 1) == 1]
         return {
             "type": "state",
             "bot": server.bot_user.payload(),
@@ -150,6 +172,12 @@ class PlaygroundWeb:
             "event_index": len(server.events),
             "info": self.info(),
         }
+
+    def commands(self) -> list[dict[str, Any]]:
+        """Every command the bot synced (global and per guild), as Discord stores them."""
+        server = self.server
+        return [*server.global_commands.values(), *(c for store in server.guild_commands.values()
+                                                    for c in store.values())]
 
     def event_view(self, event: dict[str, Any]) -> dict[str, Any]:
         """An event with the message's *current* state (so reactions and edits always land consistently)."""
@@ -164,6 +192,12 @@ class PlaygroundWeb:
             if message is not None:
                 out["message"] = self.message_view(message)
         return out
+
+    def push_state(self) -> None:
+        """Send every open page a fresh full state (e.g. once the bot is ready and its commands are synced)."""
+        text = json.dumps(self.state(), default=str)
+        for client in list(self._clients):
+            client.push(text)
 
     def _on_event(self, event: dict[str, Any]) -> None:
         """Subscriber callback (sync, on the loop): serialise once now, fan out to every page."""
@@ -227,8 +261,7 @@ class PlaygroundWeb:
         body = await _body(request)
         member = self.member(body.get("member"))
         channel = self.channel(body.get("channel"))
-        commands = [c for c in self.server.snapshot()["commands"]
-                    if c.get("guild_id") in (None, str(channel.guild_id))]
+        commands = [c for c in self.commands() if c.get("guild_id") in (None, str(channel.guild_id))]
         try:
             if body.get("text"):
                 name, options = parse_command_text(str(body["text"]), commands, self._resolve)

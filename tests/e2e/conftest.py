@@ -60,6 +60,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     terminalreporter.section("imagine-bot e2e timings")
     terminalreporter.write_line(f"ack latency (s): {json.dumps(report['ack_latency_seconds'])}")
     terminalreporter.write_line(f"time to image (s): {json.dumps(report['time_to_image_seconds'])}")
+    for what, summary in report["time_to_image_by_kind"].items():
+        terminalreporter.write_line(f"  {what}: {json.dumps(summary)}")
     if report["late_acks"]:
         terminalreporter.write_line(f"LATE ACKS (after the 3 s deadline): {report['late_acks']}")
     terminalreporter.write_line(f"written to {where}")

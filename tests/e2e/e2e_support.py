@@ -54,9 +54,13 @@ class Timings:
                 "max": round(max(values), 4), "mean": round(statistics.fmean(values), 4)}
 
     def report(self) -> dict[str, Any]:
+        by_kind: dict[str, list[float]] = {}
+        for _, what, value in self.time_to_image:
+            by_kind.setdefault(what, []).append(value)
         return {
             "ack_latency_seconds": self.summary([v for _, _, v in self.ack]),
             "time_to_image_seconds": self.summary([v for _, _, v in self.time_to_image]),
+            "time_to_image_by_kind": {what: self.summary(values) for what, values in sorted(by_kind.items())},
             "late_acks": [{"test": t, "what": w} for t, w in self.late_acks],
             "samples": {
                 "ack": [{"test": t, "what": w, "seconds": round(v, 4)} for t, w, v in self.ack],
@@ -189,6 +193,12 @@ async def eventually(check: Callable[[], Any], what: str, timeout: float = 10.0,
         await asyncio.sleep(interval)
 
 
+def imagine_label(options: dict[str, Any], note: str = "") -> str:
+    """``/imagine steps=24 width=256 height=256`` (``/imagine defaults`` = 2 steps, 64x64 in the e2e config)."""
+    parts = [f"{key}={options[key]}" for key in ("steps", "width", "height", "count") if key in options]
+    return " ".join(["/imagine", *(parts or ["defaults"])] + ([f"({note})"] if note else []))
+
+
 class E2E:
     """What a test does as a member of the local server's guild, and waits for."""
 
@@ -210,7 +220,7 @@ class E2E:
         check = is_result_for(member, channel.id)
         result = await self.server.wait_for_message(lambda m: m.id not in before and check(m), timeout=timeout,
                                                     include_existing=True)
-        self.record_time_to_image("/imagine", time.monotonic() - started)
+        self.record_time_to_image(imagine_label(options), time.monotonic() - started)
         return interaction, result
 
     async def wait_for_new_result(self, member: Member, *, exclude: set[int] | tuple[int, ...] = (),

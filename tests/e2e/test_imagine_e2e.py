@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -68,7 +69,7 @@ async def test_imagine_posts_png_with_recipe_embed_buttons_and_journal(
     assert {"Rerun", "Delete", "Parameters"} <= labels
 
     # The journal: done, with the image's file on disk, byte-identical to what was posted.
-    job = await eventually(lambda: _done(bot, job.id), f"job {job.id} done")
+    job = await e2e.job_with_status(bot, job.id, "done")
     assert (job.prompt, job.seed, job.steps, job.user_id) == (prompt, 1234, 3, bob.id)
     images = await repository.images_for_job(bot.services.db, job.id)
     assert len(images) == 1
@@ -82,11 +83,6 @@ async def test_imagine_posts_png_with_recipe_embed_buttons_and_journal(
     assert done.ephemeral and str(result.id) in done.content
 
 
-async def _done(running: RunningBot, job_id: int):  # noqa: ANN202 - JobRecord | None
-    job = await repository.get_job(running.services.db, job_id)
-    return job if job is not None and job.status == "done" else None
-
-
 async def test_rerun_reaction_makes_child_job_with_new_seed(
         discord_server: LocalDiscordServer, bot: RunningBot, e2e: E2E) -> None:
     server = discord_server
@@ -96,7 +92,7 @@ async def test_rerun_reaction_makes_child_job_with_new_seed(
 
     # The bot puts its own 🔄 under each result; a member's 🔄 asks for a rerun.
     await eventually(lambda: server.bot_user.id in server.messages[first.id].reactions.get("🔄", []),
-                         "the bot's own 🔄 under the result")
+                     "the bot's own 🔄 under the result")
     await server.react(bob, first, "🔄")
     rerun = await server.wait_for_message(lambda m: m.id != first.id and is_result_for(bob)(m), timeout=60,
                                           include_existing=True)
@@ -111,9 +107,9 @@ async def test_rerun_reaction_makes_child_job_with_new_seed(
     assert _field(rerun, "Seed") == str(child.seed)
     # The member's 🔄 is taken off again (so they can rerun once more), the "queued" note goes away.
     await eventually(lambda: bob.id not in server.messages[first.id].reactions.get("🔄", []),
-                         "the member's 🔄 removed")
+                     "the member's 🔄 removed")
     await eventually(lambda: not any("rerun of job" in m.content for m in server.bot_messages()),
-                         "the queued note deleted once the result is posted")
+                     "the queued note deleted once the result is posted")
 
 
 async def test_rerun_button_makes_new_image_with_new_seed(
@@ -214,8 +210,9 @@ async def test_rate_limited_member_told_when_others_still_served(
     assert "2" in answer.content  # names the allowance
     jobs = await repository.jobs_for_user(running.services.db, server.guild.id, bob.id)
     assert len(jobs) == 2
-    retry_at = int(match.group(1))
-    assert retry_at >= int(jobs[-1].queued_at.timestamp()) + 3600 - 5  # when the oldest image leaves the window
+    oldest = jobs[-1].queued_at
+    oldest = oldest if oldest.tzinfo is not None else oldest.replace(tzinfo=UTC)  # stored as naive UTC
+    assert int(match.group(1)) >= int(oldest.timestamp()) + 3600 - 5  # when the oldest image leaves the window
 
     _, served = await e2e.imagine(carol, "a tree for carol")  # another member is still served
     assert png_of(served) is not None

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -22,7 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
-from e2e_support import ACK_DEADLINE, E2E, BotFactory, e2e_config, eventually, is_result_for, png_of
+from e2e_support import ACK_DEADLINE, E2E, BotFactory, e2e_config, eventually, imagine_label, is_result_for, png_of
 
 from bot.app import RunningBot
 from bot.localdiscord import LocalDiscordServer, Message
@@ -32,6 +31,7 @@ from generation.png import parse_parameters, read_parameters
 pytestmark = [pytest.mark.e2e]
 
 REPO = Path(__file__).resolve().parents[2]
+LONG = {"steps": 24, "width": 256, "height": 256}  # a job that keeps the worker busy for a while (~1-7 s on CPU)
 
 
 def _seed_in_png(message: Message) -> int:
@@ -60,8 +60,7 @@ async def test_commands_acknowledged_within_3s_while_worker_busy(
     olivia, bob, carol = (server.members[n] for n in ("olivia", "bob", "carol"))
     started = time.monotonic()
     long = await server.send_command(olivia, server.general, "imagine",
-                                     {"prompt": "a very detailed city at night", "steps": 24, "width": 256,
-                                      "height": 256})
+                                     {"prompt": "a very detailed city at night", **LONG})
     job = await eventually(lambda: _only_job(bot, server, olivia), "the long job journalled")
     await eventually(lambda: _running(bot, job.id), "the long job running", timeout=30)
 
@@ -83,9 +82,9 @@ async def test_commands_acknowledged_within_3s_while_worker_busy(
 
     # Both jobs are still served, the long one first.
     first_result = await e2e.wait_for_new_result(olivia, timeout=60)
-    e2e.record_time_to_image("/imagine 24 steps 256x256", time.monotonic() - started)
+    e2e.record_time_to_image(imagine_label(LONG), time.monotonic() - started)
     second_result = await e2e.wait_for_new_result(carol, timeout=60)
-    e2e.record_time_to_image("/imagine queued behind a long job", time.monotonic() - queued_at)
+    e2e.record_time_to_image(imagine_label({}, "queued behind the long job"), time.monotonic() - queued_at)
     assert first_result.id < second_result.id
     assert long.id in server.interactions and long.ack_latency is not None and long.ack_latency < ACK_DEADLINE
 
@@ -156,16 +155,19 @@ class BotProcess:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=10)
 
-    def stop(self) -> None:
-        """SIGTERM (an orderly stop), then SIGKILL if it hangs."""
-        if self.process is None or self.process.poll() is not None:
-            return
+    def stop(self) -> int | None:
+        """SIGTERM (an orderly stop), then SIGKILL if it hangs; the exit status (None if never started)."""
+        if self.process is None:
+            return None
+        if self.process.poll() is not None:
+            return self.process.returncode
         self.process.send_signal(signal.SIGTERM)
         try:
-            self.process.wait(timeout=20)
+            return self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=10)
+            return None
 
 
 @pytest.mark.slow
@@ -180,7 +182,7 @@ async def test_sigkill_with_queued_jobs_then_restart_delivers_every_job(
     bot = BotProcess(config_path, tmp_path / "bot.log")
     bob, carol, olivia = (server.members[n] for n in ("bob", "carol", "olivia"))
     requests = [  # the first runs long enough to be killed while running; the rest wait behind it
-        (bob, {"prompt": "a long job, a harbour at night", "steps": 24, "width": 256, "height": 256, "seed": 11}),
+        (bob, {"prompt": "a long job, a harbour at night", "steps": 30, "width": 256, "height": 256, "seed": 11}),
         (carol, {"prompt": "a queued job, a green apple", "steps": 3, "seed": 22}),
         (olivia, {"prompt": "a queued job, a yellow duck", "steps": 3, "seed": 33}),
         (bob, {"prompt": "a queued job, a wooden chair", "steps": 3, "width": 96, "seed": 44}),
@@ -191,8 +193,9 @@ async def test_sigkill_with_queued_jobs_then_restart_delivers_every_job(
         interactions = []
         for member, options in requests:
             interactions.append(await server.send_command(member, server.general, "imagine", options))
-        for interaction in interactions:
+        for interaction in interactions:  # a separate process, the same 3 s rule
             await interaction.wait_for_ack(timeout=ACK_DEADLINE + 1)
+            assert interaction.ack_latency is not None and interaction.ack_latency < ACK_DEADLINE
 
         def journalled() -> dict[int, str] | None:
             statuses = _statuses(db_path)
@@ -234,6 +237,9 @@ async def test_sigkill_with_queued_jobs_then_restart_delivers_every_job(
         results = [m for m in server.bot_messages() if png_of(m) is not None]
         assert len(results) == len(requests), "a job was delivered twice (or a stray image was posted)"
         assert all(not m.ephemeral for m in results)
+
+        # And an orderly stop (SIGTERM) ends the process cleanly.
+        assert bot.stop() == 0, "SIGTERM did not stop the bot cleanly"
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n--- bot log (tail) ---\n{bot.tail()}") from None
     finally:
@@ -299,8 +305,8 @@ async def test_429_on_followup_is_retried_and_result_arrives(
     assert posts[1].time - posts[0].time >= 0.25, "retried before the Retry-After"
     job = await e2e.job_of(bot, result)
     assert job.status == "done"
-    await asyncio.sleep(0)  # let any duplicate post land before counting
-    assert len([m for m in server.bot_messages() if png_of(m) is not None]) == 1
+    await interaction.wait_for_response(timeout=10, predicate=lambda m: m.content.startswith("Done"))
+    assert len([m for m in server.bot_messages() if png_of(m) is not None]) == 1  # retried once, posted once
 
 
 # --- a job recovered after a restart is still posted publicly --------------------------------------------------
@@ -319,7 +325,7 @@ async def test_recovered_job_whose_deferred_response_was_never_edited_is_posted_
     failing = server.fail_route("PATCH", "/webhooks/*/*/messages/@original", 404, times=10_000)
 
     await server.send_command(olivia, server.general, "imagine",
-                              {"prompt": "a long one", "steps": 12, "width": 160, "height": 160})
+                              {"prompt": "a long one", **LONG})
     long_job = await eventually(lambda: _only_job(first, server, olivia), "the long job journalled")
     await eventually(lambda: _running(first, long_job.id), "the long job running", timeout=30)
     waiting = await server.send_command(bob, server.general, "imagine", {"prompt": "a quiet harbour", "seed": 12})
@@ -328,6 +334,8 @@ async def test_recovered_job_whose_deferred_response_was_never_edited_is_posted_
                                  for c in server.rest_log), "bob's first progress edit refused")
     server.clear_faults()
     assert failing.hits >= 2
+    still = await repository.get_job(first.services.db, job.id)
+    assert still is not None and still.status == "queued", "bob's job should still wait behind the long one"
     await bots.stop(first)  # orderly: the running job is delivered, bob's stays journalled
     assert waiting.original is not None and waiting.original.loading, "bob's response should still be thinking"
 
@@ -342,3 +350,29 @@ async def test_recovered_job_whose_deferred_response_was_never_edited_is_posted_
     assert original is not None and original.ephemeral and not original.loading and png_of(original) is None
     done = await e2e.job_with_status(second, job.id, "done")
     assert done.message_id == result.id
+
+
+# --- the interaction token expired before the result: a channel message instead ---------------------------------
+
+
+@pytest.mark.timeout(60)
+async def test_expired_interaction_token_result_posted_in_channel(
+        discord_server: LocalDiscordServer, bot: RunningBot, e2e: E2E) -> None:
+    server = discord_server
+    bob = server.members["bob"]
+    server.token_ttl_seconds = 0.3  # Discord's is 15 min; the webhook then answers 401 code 50027
+
+    started = time.monotonic()
+    interaction = await server.send_command(bob, server.general, "imagine",
+                                            {"prompt": "a slow sunrise", "seed": 4, **LONG})
+    await interaction.wait_for_ack(timeout=ACK_DEADLINE)
+    result = await e2e.wait_for_new_result(bob, timeout=60)
+    e2e.record_time_to_image(imagine_label(LONG, "token expired"), time.monotonic() - started)
+    if time.monotonic() - started < server.token_ttl_seconds + 0.1:
+        pytest.skip("the job finished before the token expired; nothing to check")
+    assert result.id not in interaction.message_ids and result.interaction_id is None  # a plain channel message
+    assert result.channel_id == server.general.id and f"<@{bob.id}>" in result.content
+    assert _seed_in_png(result) == 4
+    assert any(c.status == 401 for c in server.calls("POST", "/webhooks/*/*"))
+    job = await e2e.job_of(bot, result)
+    assert job.status == "done" and job.message_id == result.id

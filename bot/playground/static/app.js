@@ -154,7 +154,7 @@ function markdown(text, { embed = false } = {}) {
   const slots = [];
   const keep = (html) => `\u0000${slots.push(html) - 1}\u0000`;
   let s = String(text);
-  s = s.replace(/```(?:[\w+-]*\n)?([\s\S]*?)```/g, (_, code) => keep(`<pre><code>${escapeHtml(code.replace(/\n$/, ""))}</code></pre>`));
+  s = s.replace(/```(?:[\w+-]*\n)?([\s\S]*?)```\n?/g, (_, code) => keep(`<pre><code>${escapeHtml(code.replace(/\n$/, ""))}</code></pre>`));
   s = s.replace(/`([^`\n]+)`/g, (_, code) => keep(`<code>${escapeHtml(code)}</code>`));
   s = s.replace(/\\([\\*_~`|>#\-[\]()])/g, (_, ch) => keep(escapeHtml(ch)));
   s = escapeHtml(s);
@@ -182,7 +182,7 @@ function markdown(text, { embed = false } = {}) {
   s = s.replace(/(^|\W)_([^_\n]+)_(?=\W|$)/g, "$1<em>$2</em>");
   s = s.replace(/~~([\s\S]+?)~~/g, "<s>$1</s>");
   s = s.replace(/\|\|([\s\S]+?)\|\|/g, '<span class="spoiler-text">$1</span>');
-  if (!embed) s = s.replace(/(^|\n)&gt; ([^\n]*)/g, "$1<blockquote>$2</blockquote>");
+  if (!embed) s = s.replace(/(^|\n)&gt; ([^\n]*)\n?/g, "$1<blockquote>$2</blockquote>");
   s = emojiHtml(s);
   return s.replace(/\u0000(\d+)\u0000/g, (_, i) => slots[Number(i)]);
 }
@@ -192,10 +192,10 @@ function linkHtml(url, label) {
   const match = /\/channels\/(\d+)\/(\d+)\/(\d+)/.exec(url);
   if (match) {
     const channel = S.channels.find((c) => c.id === match[2]);
-    const text = label ? escapeHtml(label) : `#${escapeHtml(channel ? channel.name : "channel")} › message`;
+    const text = label || `#${escapeHtml(channel ? channel.name : "channel")} › message`; // label: already escaped
     return `<a class="jump" data-channel="${match[2]}" data-message="${match[3]}" href="#">${text}</a>`;
   }
-  return `<a href="${escapeHtml(url)}" target="_blank" rel="noopener">${escapeHtml(label || url)}</a>`;
+  return `<a href="${escapeHtml(url)}" target="_blank" rel="noopener">${label || escapeHtml(url)}</a>`;
 }
 
 // ------------------------------------------------------------------ rendering messages
@@ -521,23 +521,31 @@ function renderInfo() {
   const d = info.defaults || {};
   const windowText = limits.window_seconds >= 3600 ? `${+(limits.window_seconds / 3600).toFixed(1)} h`
     : `${Math.round((limits.window_seconds || 0) / 60)} min`;
-  $("sidebar-info").replaceChildren(
-    el("p", {}, "Model: ", el("b", {}, info.model || "?"), info.device ? ` on ${info.device}` : ""),
-    el("p", {}, "Limits per member: ", el("b", {}, `${limits.images_per_window} images / ${windowText}`), ", ",
-      el("b", {}, `${limits.max_queued_per_user} queued`), ". Switch members below to see them apply."),
-    el("p", {}, `Defaults: ${d.width}×${d.height}, ${d.steps} steps.`));
+  if (info.starting) {
+    $("sidebar-info").replaceChildren(el("p", {}, "Starting the bot…"));
+  } else {
+    $("sidebar-info").replaceChildren(
+      el("p", {}, "Model: ", el("b", {}, info.model || "?"), info.device ? ` on ${info.device}` : ""),
+      el("p", {}, "Limits per member: ", el("b", {}, `${limits.images_per_window} images / ${windowText}`), ", ",
+        el("b", {}, `${limits.max_queued_per_user} queued`), ". Switch members below to see them apply."),
+      el("p", {}, `Defaults: ${d.width}×${d.height}, ${d.steps} steps.`));
+  }
 
   const banners = $("banners");
   banners.replaceChildren();
   const add = (kind, icon, title, howTo, details) => {
-    if (S.dismissed.has(`banner-${kind}`)) return;
+    const key = `banner:${title}`;
+    if (S.dismissed.has(key)) return;
     banners.append(el("div", { class: `banner ${kind}`, dataset: { testid: `banner-${kind}` } },
       emojiNode(icon, "icon"),
       el("div", { class: "text" }, el("strong", {}, title), " ", el("span", { html: bannerHtml(howTo) }),
         details ? el("details", {}, el("summary", {}, "Why?"), el("div", { html: bannerHtml(details) })) : null),
-      el("button", { title: "Dismiss", onclick: () => { S.dismissed.add(`banner-${kind}`); renderInfo(); } }, "✕")));
+      el("button", { title: "Dismiss", onclick: () => { S.dismissed.add(key); renderInfo(); } }, "✕")));
   };
-  if (info.is_fallback) {
+  if (info.starting) {
+    add("info", "⏳", "Starting:", `loading the model '${info.configured_model}' and connecting the bot. `
+      + "This page updates by itself when it is ready.", null);
+  } else if (info.is_fallback) {
     add("warning", "⚠️", `'${info.configured_model}' could not be loaded, so the built-in 'tiny' test model runs: `
       + "its images are random patterns, not pictures.", info.how_to || "", info.banner || "");
   } else if (info.note) {
@@ -763,6 +771,14 @@ function fillImagineDefaults() {
   set("height", d.height, { min: d.min_size, max: d.max_size });
   set("guidance", d.guidance);
   const imagine = S.commands.find((c) => c.name === "imagine");
+  for (const option of (imagine && imagine.options) || []) {
+    // The synced bounds, so the browser refuses what Discord's client would refuse.
+    const input = document.getElementById(`opt-${option.name}`);
+    if (!input) continue;
+    if (option.min_value !== undefined && option.min_value !== null) input.min = option.min_value;
+    if (option.max_value !== undefined && option.max_value !== null) input.max = option.max_value;
+    if (option.max_length) input.maxLength = option.max_length;
+  }
   const scheduler = imagine && (imagine.options || []).find((o) => o.name === "scheduler");
   const select = $("opt-scheduler");
   if (scheduler && select.options.length <= 1) {

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from bot.config import settings_from_mapping
+from bot.localdiscord import LOADING
 from bot.playground import start_playground
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -89,9 +90,22 @@ async def test_a_posted_command_comes_back_as_the_bots_message_on_the_websocket(
                 "member": "bob", "channel": "general", "name": "imagine", "options": {"prompt": "again", "steps": "2"}})
             second = (await response.json())["interaction_id"]
             refusal = (await next_event(ws, lambda e: of_interaction(second)(e)
-                                        and not e["message"]["flags"] & 128))["message"]
+                                        and not e["message"]["flags"] & LOADING))["message"]
             assert refusal["ephemeral"] and refusal["visible_to"] == bob
             assert "per hour" in refusal["content"]  # the rate limiter's refusal
+
+            # Buttons act as the member who clicks: carol may not delete bob's image, bob may.
+            delete = next(cid for cid in custom_ids if cid.startswith("imagine:delete:"))
+            response = await http.post(f"{base}/api/button", json={
+                "member": "carol", "message_id": result["id"], "custom_id": delete})
+            carols = (await response.json())["interaction_id"]
+            denied = (await next_event(ws, lambda e: of_interaction(carols)(e)
+                                       and not e["message"]["flags"] & LOADING))["message"]
+            assert denied["ephemeral"] and "Only the member who asked" in denied["content"]
+            response = await http.post(f"{base}/api/button", json={
+                "member": "bob", "message_id": result["id"], "custom_id": delete})
+            assert response.status == 200
+            await next_event(ws, lambda e: e["type"] == "message_delete" and e["id"] == result["id"])
 
         # What Discord's client would refuse is explained, not sent.
         async with aiohttp.ClientSession() as http:
@@ -106,5 +120,13 @@ async def test_a_posted_command_comes_back_as_the_bots_message_on_the_websocket(
                     assert expected in (await response.json())["error"]
             async with http.get(f"{base}/attachments/1/nope.png") as response:
                 assert response.status == 404
+            # Only the page itself may act: another web site (Origin) or a rebound DNS name (Host) may not.
+            queue = {"member": "bob", "channel": "general", "text": "/queue"}
+            async with http.post(f"{base}/api/command", json=queue, headers={"Origin": "http://evil.example"}) as r:
+                assert r.status == 403
+            async with http.get(f"{base}/api/state", headers={"Host": "evil.example"}) as r:
+                assert r.status == 403
+            async with http.post(f"{base}/api/command", json=queue, headers={"Origin": base}) as r:
+                assert r.status == 200
     finally:
         await playground.close()

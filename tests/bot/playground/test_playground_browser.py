@@ -89,6 +89,7 @@ async def test_imagine_then_rerun_in_a_real_browser(tmp_path: Path, tmp_path_fac
                 assert len(widths) >= 2 and all(w == 256 for w in widths)
 
                 await page.click("#options-toggle")  # fold the options: more of the channel in the picture
+                await page.mouse.move(700, 20)  # no hover toolbar in the picture
                 screenshot = artifacts_dir(tmp_path_factory) / "playground.png"
                 await page.screenshot(path=str(screenshot))
                 with capsys.disabled():
