@@ -343,7 +343,8 @@ def refusal_message(kind: str, **details: object) -> str:
         text = f"That request can't be run: {message}. Adjust it and try again."
     elif kind == "queue_full":
         message = str(details.get("message") or "The queue is full right now").rstrip(".")
-        text = f"{message}. Please try again in a minute."
+        # QueueFullError's own message may already say when to retry: do not say it twice.
+        text = f"{message}." if "try again" in message.lower() else f"{message}. Please try again in a minute."
     elif kind == "withheld":
         count, total = details.get("count"), details.get("total")
         if isinstance(count, int) and isinstance(total, int) and total > 1:

@@ -12,15 +12,17 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot.storage import repository
 from bot.storage.db import Database
-from bot.storage.images import save_image
+from bot.storage.images import read_image, save_image
+from bot.storage.models import utcnow
 from bot.storage.records import ImageRecord, JobRecord
 from generation.request import GenerationRequest
-from generation.worker import GenerationError, GenerationResult, JobCancelledError, QueueFullError
+from generation.worker import GeneratedImage, GenerationError, GenerationResult, JobCancelledError, QueueFullError
 
 if TYPE_CHECKING:
     from bot.ratelimit import Reservation
@@ -34,6 +36,7 @@ Listener = Callable[[JobRecord, list[ImageRecord], Outcome], Awaitable[None]]
 STATUS_POLL_SECONDS = 0.2
 SAVE_FAILED_MESSAGE = "The images were made but could not be saved; the error was logged for the bot's admin."
 RECOVERY_QUEUE_FULL = "The bot restarted with more unfinished jobs than its queue holds; please ask again."
+REDELIVER_WITHIN = timedelta(days=1)  # results saved but never posted are posted at the next start if this recent
 
 
 def request_of(job: JobRecord) -> GenerationRequest:
@@ -139,7 +142,41 @@ class JobJournal:
             recovered.append((job, handle))
         if recovered:
             log.info("re-queued %d unfinished job(s) from the journal", len(recovered))
+        await self._redeliver_unposted()
         return recovered
+
+    async def _redeliver_unposted(self) -> None:
+        """Hand the listeners again the results that were saved but never posted (a crash between the two)."""
+        for job in await repository.undelivered_jobs(self.db, finished_after=utcnow() - REDELIVER_WITHIN):
+            if job.id in self._tasks:
+                continue
+            task = asyncio.create_task(self._redeliver(job), name=f"journal-redeliver-{job.id}")
+            self._tasks[job.id] = task
+
+            def _done(t: asyncio.Task[None], job_id: int = job.id) -> None:
+                self._tasks.pop(job_id, None)
+                if not t.cancelled() and t.exception() is not None:
+                    exc = t.exception()
+                    log.error("re-delivering job %s failed", job_id, exc_info=(type(exc), exc, exc.__traceback__))
+
+            task.add_done_callback(_done)
+
+    async def _redeliver(self, job: JobRecord) -> None:
+        records = await repository.images_for_job(self.db, job.id)
+        images: list[GeneratedImage] = []
+        for record in records:
+            try:
+                png = await read_image(self.images_dir, record)
+            except OSError:
+                log.warning("image %s of job %s is missing; not re-delivered", record.index, job.id)
+                continue
+            images.append(GeneratedImage(record.index, record.seed, png, record.width, record.height))
+        if not images:
+            return
+        elapsed = (job.finished_at - job.started_at).total_seconds() if job.finished_at and job.started_at else 0.0
+        log.info("re-delivering job %s: its images were saved but never posted", job.id)
+        result = GenerationResult(job.worker_job_id, request_of(job), images, job.model, elapsed, job.prompt_truncated)
+        await self._notify(job, records, result)
 
     async def cancel(self, job_id: int) -> bool:
         """Cancel a job for its member (recorded as cancelled, unlike jobs stopped by a shutdown)."""

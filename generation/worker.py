@@ -295,7 +295,8 @@ class GenerationWorker:
             raise QueueFullError(SHUTDOWN_MESSAGE)
         queued = self.queued_count
         if queued >= self.queue_size:
-            raise QueueFullError(f"The queue is full ({queued} jobs waiting). Please try again in a few minutes.")
+            waiting = f"{queued} job{'s' if queued != 1 else ''} waiting"
+            raise QueueFullError(f"The queue is full ({waiting}). Please try again in a few minutes.")
         job_id = job_id or uuid.uuid4().hex
         if job_id in self._jobs:
             raise ValueError(f"job id {job_id!r} is already queued or running")

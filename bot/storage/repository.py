@@ -236,6 +236,18 @@ async def unfinished_jobs(db: Database) -> list[JobRecord]:
         return [_job(j) for j in await session.scalars(stmt)]
 
 
+async def undelivered_jobs(db: Database, *, finished_after: datetime) -> list[JobRecord]:
+    """Jobs ``done`` since ``finished_after`` whose saved images were never posted (the process died between
+    saving and posting), oldest first. A posted result keeps its message id on its images even when the post is
+    deleted later (only the job's is cleared), so a result is never posted twice this way."""
+    async with db.session() as session:
+        posted = select(Image.id).where(Image.job_id == Job.id, Image.message_id.is_not(None)).exists()
+        saved = select(Image.id).where(Image.job_id == Job.id, Image.pruned.is_(False)).exists()
+        stmt = (select(Job).where(Job.status == "done", Job.message_id.is_(None), Job.finished_at >= finished_after,
+                                  saved, ~posted).order_by(Job.id))
+        return [_job(j) for j in await session.scalars(stmt)]
+
+
 async def count_active_jobs(db: Database, guild_id: int | None, user_id: int) -> int:
     """Jobs queued or running for a member."""
     async with db.session() as session:

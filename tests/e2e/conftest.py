@@ -11,6 +11,10 @@ are not affected:
 * ``bot`` -- a bot started with the default e2e settings.
 * ``e2e`` -- :class:`e2e_support.E2E` (``imagine``, ``wait_for_new_result``, ``job_of``, ``job_with_status``).
 
+Test modules import the helpers with ``from e2e_support import ...`` (``e2e_config``, ``eventually``, ``png_of``,
+``is_result_for``, ``PNG_MAGIC``, ``ACK_DEADLINE``...): this conftest registers that module, because the suite
+runs with ``--import-mode=importlib`` where a test module cannot import its neighbours directly.
+
 The ack latency p50/max and time to image across the session are printed in the terminal summary and
 written to ``$IMAGINE_ARTIFACTS_DIR/e2e_timings.json`` (else the system temp dir).
 """

@@ -1,14 +1,19 @@
 """The bot under stress and failure, end to end, through the local Discord-compatible server over real sockets:
 
-* commands are acknowledged within Discord's 3 s while the worker is busy on a long job;
+* commands are acknowledged within Discord's 3 s while the worker is busy on a long job, and in a burst;
 * SIGKILL of a REAL bot process (``python -m bot.cli run --config ...``) with jobs queued and running, then a
-  new process on the same database: every job is delivered and recorded ``done``;
+  new process on the same database: every job is delivered and recorded ``done`` (and SIGTERM stops it cleanly);
+* SIGKILL after a job's images were saved but before its result was posted: the next process posts it;
 * the gateway connection dropped while a job runs: the client resumes, gets what it missed, nothing is lost;
-* a 429 from the interaction webhook: retried, the result still arrives (once).
+* a 429 from the interaction webhook: retried, the result still arrives (once);
+* a recovered job whose deferred ("thinking") response was never edited is still posted publicly;
+* an expired interaction token: the result goes to the channel, mentioning the member;
+* the queue full: one clear refusal, the member's allowance untouched.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -16,6 +21,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +95,31 @@ async def test_commands_acknowledged_within_3s_while_worker_busy(
     assert long.id in server.interactions and long.ack_latency is not None and long.ack_latency < ACK_DEADLINE
 
 
+@pytest.mark.timeout(90)
+async def test_burst_from_many_members_all_acknowledged_and_each_delivered_once(
+        discord_server: LocalDiscordServer, bot: RunningBot, e2e: E2E) -> None:
+    server = discord_server
+    members = [server.add_member(server.guild, f"burst{i}") for i in range(12)]
+    started = time.monotonic()
+    interactions = await asyncio.gather(*(
+        server.send_command(member, server.general, "imagine", {"prompt": f"burst {i}", "count": 2})
+        for i, member in enumerate(members)))
+    for interaction in interactions:
+        await interaction.wait_for_ack(timeout=ACK_DEADLINE + 1)
+        assert interaction.ack_latency is not None and interaction.ack_latency < ACK_DEADLINE
+        assert not interaction.late_callback
+    for member in members:
+        result = await server.wait_for_message(is_result_for(member), timeout=60, include_existing=True)
+        assert len(result.attachments) == 2
+    e2e.record_time_to_image(imagine_label({"count": 2}, "12 members at once, until the last"),
+                             time.monotonic() - started)
+    results = [m for m in server.bot_messages() if png_of(m) is not None]
+    assert len(results) == len(members)
+    jobs = [job for member in members
+            for job in await repository.jobs_for_user(bot.services.db, server.guild.id, member.id)]
+    assert len(jobs) == len(members) and {job.status for job in jobs} == {"done"}
+
+
 # --- 9. SIGKILL with queued jobs, restart, everything delivered -------------------------------------------------
 
 
@@ -150,24 +181,32 @@ class BotProcess:
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n--- bot log ---\n{self.tail()}") from None
 
-    def kill(self) -> None:
+    async def _exited(self, timeout: float) -> int | None:  # noqa: ASYNC109
+        """The exit status once the process ends, polled without blocking this event loop: the local server runs
+        on it, and a bot shutting down still talks to it (blocking here would deadlock the shutdown)."""
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while self.process.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110 - a child process
+            await asyncio.sleep(0.05)
+        return self.process.poll()
+
+    async def kill(self) -> None:
         assert self.process is not None
         self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
+        assert await self._exited(10) is not None, "SIGKILL did not end the bot"
 
-    def stop(self) -> int | None:
-        """SIGTERM (an orderly stop), then SIGKILL if it hangs; the exit status (None if never started)."""
+    async def stop(self, timeout: float = 60.0) -> int | None:  # noqa: ASYNC109
+        """SIGTERM (an orderly stop), then SIGKILL if it hangs; the exit status (None if it had to be killed)."""
         if self.process is None:
             return None
         if self.process.poll() is not None:
             return self.process.returncode
         self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
+        status = await self._exited(timeout)
+        if status is None:
             self.process.kill()
-            self.process.wait(timeout=10)
-            return None
+            await self._exited(10)
+        return status
 
 
 @pytest.mark.slow
@@ -191,22 +230,26 @@ async def test_sigkill_with_queued_jobs_then_restart_delivers_every_job(
         bot.start()
         await bot.wait_started(1)
         interactions = []
-        for member, options in requests:
+
+        def journalled(count: int) -> Callable[[], dict[int, str] | None]:
+            def check() -> dict[int, str] | None:
+                statuses = _statuses(db_path)
+                values = list(statuses.values())
+                assert "done" not in values, f"a job finished before the kill: {statuses}"
+                return statuses if len(values) == count and "running" in values else None
+            return check
+
+        for n, (member, options) in enumerate(requests, start=1):
             interactions.append(await server.send_command(member, server.general, "imagine", options))
+            if n == 1:  # the long one runs first; the others queue behind it
+                await eventually(journalled(1), "the long job running", timeout=60, interval=0.02)
         for interaction in interactions:  # a separate process, the same 3 s rule
             await interaction.wait_for_ack(timeout=ACK_DEADLINE + 1)
             assert interaction.ack_latency is not None and interaction.ack_latency < ACK_DEADLINE
-
-        def journalled() -> dict[int, str] | None:
-            statuses = _statuses(db_path)
-            values = list(statuses.values())
-            if len(values) == len(requests) and "running" in values and "queued" in values:
-                return statuses
-            assert "done" not in values, f"a job finished before the kill: {statuses}"
-            return None
-
-        before = await eventually(journalled, "every job journalled and one running", timeout=60, interval=0.02)
-        bot.kill()
+        before = await eventually(journalled(len(requests)), "every job journalled, one running", timeout=60,
+                                  interval=0.02)
+        assert sorted(before.values()) == ["queued"] * (len(requests) - 1) + ["running"], before
+        await bot.kill()
         assert set(_statuses(db_path).values()) <= {"queued", "running"}, before
 
         # A new process on the same database and images dir picks every job up again.
@@ -230,20 +273,63 @@ async def test_sigkill_with_queued_jobs_then_restart_delivers_every_job(
             message = server.messages[int(job["message_id"])]
             assert is_result_for(member)(message), f"job {job['id']}: not a public PNG result: {message}"
             assert _seed_in_png(message) == options["seed"]
-            # Through the interaction's webhook while its token is valid, else a channel message.
-            assert message.id in interaction.message_ids or message.interaction_id is None
+            # The tokens are still valid (15 min), so through the interaction's webhook, as a public followup.
+            assert message.id in interaction.message_ids and message.id != interaction.original_message_id
             paths = _image_paths(db_path, job["id"])
             assert len(paths) == 1 and (tmp_path / "images" / paths[0]).is_file()
         results = [m for m in server.bot_messages() if png_of(m) is not None]
         assert len(results) == len(requests), "a job was delivered twice (or a stray image was posted)"
         assert all(not m.ephemeral for m in results)
 
-        # And an orderly stop (SIGTERM) ends the process cleanly.
-        assert bot.stop() == 0, "SIGTERM did not stop the bot cleanly"
+        # And an orderly stop (SIGTERM) ends the idle process cleanly, without waiting out a shutdown timeout.
+        stopping = time.monotonic()
+        assert await bot.stop() == 0, "SIGTERM did not stop the bot cleanly"
+        assert time.monotonic() - stopping < 25, "the orderly stop waited for something that never came"
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n--- bot log (tail) ---\n{bot.tail()}") from None
     finally:
-        bot.stop()
+        await bot.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_sigkill_after_images_saved_but_before_posting_still_delivers(
+        discord_server: LocalDiscordServer, tmp_path: Path) -> None:
+    """The window between "images saved, job done" and "result posted": a crash there must not lose the result.
+
+    The result's webhook POST gets a 429 asking to wait a minute, so the process is caught in exactly that window
+    (job ``done`` in the journal, nothing posted) when it is killed.
+    """
+    server = discord_server
+    db_path = tmp_path / "imagine.db"
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(e2e_config(server, tmp_path)), encoding="utf-8")
+    bot = BotProcess(config_path, tmp_path / "bot.log")
+    bob = server.members["bob"]
+    try:
+        bot.start()
+        await bot.wait_started(1)
+        stalled = server.fail_route("POST", "/webhooks/*/*", 429, times=1, retry_after=60)
+        interaction = await server.send_command(bob, server.general, "imagine", {"prompt": "a lost parcel",
+                                                                                 "seed": 5})
+        await eventually(lambda: stalled.hits == 1 and list(_statuses(db_path).values()) == ["done"],
+                         "the job done and its result post held back", timeout=60, interval=0.05)
+        await bot.kill()
+        server.clear_faults()
+        job = _jobs(db_path)[0]
+        assert job["status"] == "done" and job["message_id"] is None
+        assert _image_paths(db_path, job["id"]), "the image was saved before the crash"
+
+        bot.start()
+        await bot.wait_started(2)
+        result = await server.wait_for_message(is_result_for(bob), timeout=60, include_existing=True)
+        assert _seed_in_png(result) == 5
+        assert result.id in interaction.message_ids and result.id != interaction.original_message_id
+        await eventually(lambda: _jobs(db_path)[0]["message_id"] == result.id, "the result recorded")
+    except (AssertionError, TimeoutError) as exc:
+        raise AssertionError(f"{exc}\n--- bot log (tail) ---\n{bot.tail()}") from None
+    finally:
+        await bot.stop()
 
 
 # --- 10. gateway dropped while a job runs ------------------------------------------------------------------------
@@ -376,3 +462,36 @@ async def test_expired_interaction_token_result_posted_in_channel(
     assert any(c.status == 401 for c in server.calls("POST", "/webhooks/*/*"))
     job = await e2e.job_of(bot, result)
     assert job.status == "done" and job.message_id == result.id
+
+
+# --- overload: the queue is full ----------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+async def test_queue_full_refused_once_clearly_without_using_the_allowance(
+        discord_server: LocalDiscordServer, bots: BotFactory, e2e: E2E) -> None:
+    server = discord_server
+    running = await bots.start(bots.settings(generation={"queue_size": 1, "max_batch_size": 1},
+                                             rate_limits={"images_per_window": 1}))
+    bob, carol, olivia = (server.members[n] for n in ("bob", "carol", "olivia"))
+    await server.send_command(bob, server.general, "imagine", {"prompt": "a long one", **LONG})
+    long_job = await eventually(lambda: _only_job(running, server, bob), "the long job journalled")
+    await eventually(lambda: _running(running, long_job.id), "the long job running", timeout=30)
+    waiting = await server.send_command(carol, server.general, "imagine", {"prompt": "a waiting one"})
+    assert "position 1" in (await waiting.wait_for_response(timeout=10)).content
+
+    full = await server.send_command(olivia, server.general, "imagine", {"prompt": "one too many"})
+    answer = await full.wait_for_response(timeout=10)
+    assert full.ack_latency is not None and full.ack_latency < ACK_DEADLINE
+    assert answer.ephemeral and "queue is full" in answer.content.lower()
+    assert answer.content.lower().count("try again") == 1, answer.content
+    refused = await _only_job(running, server, olivia)
+    assert refused is not None and refused.status == "refused"
+
+    # bob gives up his long job; carol is served, and olivia's refused request did not use her 1 image.
+    cancel = await server.send_command(bob, server.general, "cancel")
+    assert "cancelled" in (await cancel.wait_for_response(timeout=10)).content
+    await e2e.job_with_status(running, long_job.id, "cancelled")
+    await e2e.wait_for_new_result(carol, timeout=60)
+    _, result = await e2e.imagine(olivia, "one more, later")
+    assert png_of(result) is not None
