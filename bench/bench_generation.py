@@ -27,6 +27,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,9 +128,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+# Every torch call of the benchmark runs on this one thread, the worker's included: on CPU, torch calls that
+# alternate between two threads slow each other down about 2x, which would be charged to whichever phase ran
+# on the "other" thread (measured: 0.66 s a call on one thread, 1.2 s when alternating with a second thread).
+PIPELINE_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-pipeline")
+
+
+def on_pipeline_thread(fn: Callable[[], float]) -> Callable[[], float]:
+    return lambda: PIPELINE_THREAD.submit(fn).result()
+
+
 async def through_worker(engine: RecordingEngine, requests: list[GenerationRequest], max_batch: int) -> float:
     """Submit all requests at once (as 8 members pressing Enter together) and wait for every result."""
-    worker = GenerationWorker(engine, queue_size=64, max_batch_size=max_batch, previews=False)
+    worker = GenerationWorker(engine, queue_size=64, max_batch_size=max_batch, previews=False,
+                              executor=PIPELINE_THREAD)
     await worker.start()
     try:
         started = time.perf_counter()
@@ -222,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     batches = sorted({int(b) for b in args.batch.split(",")} | {1})
 
     started = time.perf_counter()
-    loaded = build(args)
+    loaded = PIPELINE_THREAD.submit(build, args).result()  # even the weights' init: one torch thread
     settings = GenerationSettings(model=args.arch, device=args.device, dtype=args.dtype)
     engine = RecordingEngine(DiffusionEngine(loaded, settings))
     device = loaded.device
@@ -250,14 +262,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     direct_pipe = vanilla_pipeline(loaded, args.scheduler)
     direct = Row("direct diffusers call, 1 request", 1, calls="1")
     via_worker = Row("worker, 1 request", 1, calls="1")
-    phases += [(direct, lambda: direct_call(direct_pipe, single, device)),
+    phases += [(direct, on_pipeline_thread(lambda: direct_call(direct_pipe, single, device))),
                (via_worker, lambda: asyncio.run(through_worker(engine, single, 1)))]
     if args.vanilla:
         pipe = vanilla_pipeline(loaded, args.scheduler)
         phases.append((Row("vanilla diffusers, 8 calls of 1", 8, calls="1+" * 7 + "1"),
-                       lambda: sum(direct_call(pipe, [r], device) for r in requests)))
+                       on_pipeline_thread(lambda: sum(direct_call(pipe, [r], device) for r in requests))))
         phases.append((Row("vanilla diffusers, 1 call of 8", 8, calls="8"),
-                       lambda: direct_call(pipe, requests, device)))
+                       on_pipeline_thread(lambda: direct_call(pipe, requests, device))))
     for _row, fn in phases:  # warm every path once (new pipeline objects, new batch shapes)
         fn()
     for round_ in range(args.repeats):

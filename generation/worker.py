@@ -240,7 +240,12 @@ class GenerationWorker:
     """Fair, bounded queue + one pipeline thread; see the module docstring and docs/ARCHITECTURE.md."""
 
     def __init__(self, engine: BatchEngine, *, queue_size: int, max_batch_size: int, previews: bool = True,
-                 preview_every: int = 5) -> None:
+                 preview_every: int = 5, executor: ThreadPoolExecutor | None = None) -> None:
+        """``executor``: a single-thread executor to run the pipeline on, for callers that run other torch work
+        in the process (a benchmark's baseline): on CPU, torch calls alternating between two threads slow each
+        other down about 2x, so all of them should share one thread. The worker does not shut it down."""
+        if executor is not None and executor._max_workers != 1:
+            raise ValueError("the pipeline executor must have exactly one thread")
         if queue_size < 1 or max_batch_size < 1:
             raise ValueError("queue_size and max_batch_size must be at least 1")
         self.engine = engine
@@ -256,7 +261,8 @@ class GenerationWorker:
         self._running: _Running | None = None
         self._seconds_per_unit: float | None = None  # moving average of seconds per _cost unit
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: ThreadPoolExecutor | None = executor
+        self._owns_executor = executor is None
         self._dispatcher: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Event | None = None
         self._closing = False
@@ -268,7 +274,8 @@ class GenerationWorker:
         if self._dispatcher is not None:
             return
         self._loop = asyncio.get_running_loop()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generation")
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generation")
         self._wakeup = asyncio.Event()
         self._dispatcher = asyncio.create_task(self._dispatch(), name="generation-dispatcher")
         if self._queues:
@@ -283,7 +290,7 @@ class GenerationWorker:
             self._wakeup.set()
         if self._dispatcher is not None:
             await asyncio.gather(self._dispatcher, return_exceptions=True)
-        if self._executor is not None:
+        if self._executor is not None and self._owns_executor:
             await asyncio.to_thread(self._executor.shutdown, wait=True)
             self._executor = None
 

@@ -150,6 +150,24 @@ async def test_one_job_produces_pngs_with_seeds_and_metadata(engine: FakeEngine)
     assert worker.position("job-1") is None and worker.jobs_of("u1") == []
 
 
+async def test_a_shared_pipeline_thread_is_used_and_left_running(engine: FakeEngine) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    shared = ThreadPoolExecutor(max_workers=1)
+    try:
+        shared_thread = shared.submit(threading.get_ident).result()
+        worker = GenerationWorker(engine, queue_size=4, max_batch_size=4, executor=shared)
+        await worker.start()
+        await worker.submit(req("a cat"))
+        await worker.close()
+        assert engine.threads == {shared_thread}
+        assert shared.submit(lambda: 42).result() == 42  # the worker did not shut down what it does not own
+    finally:
+        shared.shutdown()
+    with pytest.raises(ValueError, match="exactly one thread"):
+        GenerationWorker(engine, queue_size=4, max_batch_size=4, executor=ThreadPoolExecutor(max_workers=2))
+
+
 async def test_fair_round_robin_across_requesters(engine: FakeEngine) -> None:
     engine.gate = threading.Event()
     worker = GenerationWorker(engine, queue_size=16, max_batch_size=1)
