@@ -1024,13 +1024,18 @@ class LocalDiscordServer(HarnessMixin):
         message = self._message(call, channel)
         if message.author.id != self.bot_user.id or message.ephemeral:
             raise DiscordError(403, 50005, "Cannot edit a message authored by another user")
+        return self._edited(message, call)
+
+    async def _delete_message(self, call: Call) -> web.Response:
+        return self._deleted(self._message(call, self._channel(call)))
+
+    def _edited(self, message: Message, call: Call) -> web.Response:
+        """Apply a PATCH (channel or webhook route alike), tell subscribers, answer with the new message."""
         self._apply_edit(message, call.json or {}, call.files)
         self._publish_update(message)
         return self._message_response(message)
 
-    async def _delete_message(self, call: Call) -> web.Response:
-        channel = self._channel(call)
-        message = self._message(call, channel)
+    def _deleted(self, message: Message) -> web.Response:
         message.deleted = True
         self._publish_delete(message)
         return web.Response(status=204)
@@ -1252,18 +1257,10 @@ class LocalDiscordServer(HarnessMixin):
         return self._message_response(self._webhook_target(call, interaction))
 
     async def _webhook_message_edit(self, call: Call) -> web.Response:
-        interaction = self._webhook_interaction(call)
-        message = self._webhook_target(call, interaction)
-        self._apply_edit(message, call.json or {}, call.files)
-        self._publish_update(message)
-        return self._message_response(message)
+        return self._edited(self._webhook_target(call, self._webhook_interaction(call)), call)
 
     async def _webhook_message_delete(self, call: Call) -> web.Response:
-        interaction = self._webhook_interaction(call)
-        message = self._webhook_target(call, interaction)
-        message.deleted = True
-        self._publish_delete(message)
-        return web.Response(status=204)
+        return self._deleted(self._webhook_target(call, self._webhook_interaction(call)))
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

@@ -316,18 +316,24 @@ async def _vote_count(session: AsyncSession, entry_id: int) -> int:
                or 0)
 
 
+async def _vote_target(session: AsyncSession, entry_id: int, voter_id: int) -> tuple[ContestRecord, EntryRecord,
+                                                                                        int | None]:
+    """The entry's contest, the entry, and the member's vote on it (if any): what every vote rule needs."""
+    entry = await session.get(ContestEntry, entry_id)
+    if entry is None:
+        raise NotFound(f"entry {entry_id}")
+    contest = _contest(await session.get_one(Contest, entry.contest_id))
+    vote_id = await session.scalar(select(ContestVote.id).where(
+        ContestVote.entry_id == entry_id, ContestVote.voter_id == voter_id))
+    return contest, _entry(entry), vote_id
+
+
 async def add_vote(db: Database, *, entry_id: int, voter_id: int, now: datetime,
                    validate: Callable[[ContestRecord, EntryRecord, bool], None]) -> VoteChange:
     """Add a vote if ``validate(contest, entry, already_voted)`` does not raise; returns the new count."""
     async with db.session(write=True) as session:
-        entry = await session.get(ContestEntry, entry_id)
-        if entry is None:
-            raise NotFound(f"entry {entry_id}")
-        contest = _contest(await session.get_one(Contest, entry.contest_id))
-        record = _entry(entry)
-        already = await session.scalar(select(ContestVote.id).where(
-            ContestVote.entry_id == entry_id, ContestVote.voter_id == voter_id)) is not None
-        validate(contest, record, already)
+        contest, record, vote_id = await _vote_target(session, entry_id, voter_id)
+        validate(contest, record, vote_id is not None)
         try:
             async with session.begin_nested():
                 session.add(ContestVote(entry_id=entry_id, voter_id=voter_id, created_at=now))
@@ -341,13 +347,7 @@ async def remove_vote(db: Database, *, entry_id: int, voter_id: int, now: dateti
                       validate: Callable[[ContestRecord, EntryRecord, bool], None]) -> VoteChange:
     """Remove a vote if ``validate(contest, entry, has_voted)`` does not raise; returns the new count."""
     async with db.session(write=True) as session:
-        entry = await session.get(ContestEntry, entry_id)
-        if entry is None:
-            raise NotFound(f"entry {entry_id}")
-        contest = _contest(await session.get_one(Contest, entry.contest_id))
-        record = _entry(entry)
-        vote_id = await session.scalar(select(ContestVote.id).where(
-            ContestVote.entry_id == entry_id, ContestVote.voter_id == voter_id))
+        contest, record, vote_id = await _vote_target(session, entry_id, voter_id)
         validate(contest, record, vote_id is not None)
         await session.execute(delete(ContestVote).where(ContestVote.id == vote_id))
         return VoteChange(entry=record, contest=contest, votes=await _vote_count(session, entry_id))
