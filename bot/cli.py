@@ -1,14 +1,37 @@
-"""The ``imagine-bot`` console script: one entry point, a sub-command per job.
+"""The ``imagine-bot`` console script: the entry points (run, playground, generate, db), a sub-command each.
 
-Each sub-command imports its implementation lazily so ``imagine-bot generate`` does not load Discord and
-``imagine-bot db`` does not load torch. Errors an admin can fix are printed as one message, never a traceback.
+Only entry points import the composition root (:mod:`bot.bootstrap`). The heavy sub-commands are imported when
+chosen, so ``imagine-bot db`` does not load torch and ``imagine-bot generate`` does not load Discord. Errors an
+admin can fix are printed as one message, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+from bot.config import ConfigError, Settings, load_settings
+from bot.logging_setup import setup_logging
+
+NO_TOKEN_HELP = """\
+No Discord bot token is configured, so the bot cannot log in to Discord.
+
+To run it on Discord:
+  1. Open https://discord.com/developers/applications and click "New Application".
+  2. In "Bot", click "Reset Token" and copy the token (keep it secret).
+  3. Either put it in config.yaml (discord.token) or set it in the environment:
+       export DISCORD_TOKEN=your-token
+  4. In "OAuth2" -> "URL Generator", tick the scopes "bot" and "applications.commands" and the permissions
+     "Send Messages", "Attach Files", "Embed Links", "Add Reactions", "Read Message History" (and
+     "Manage Messages" so a 🔄 reaction can be taken off after a rerun); open the URL to invite the bot.
+  5. Run `imagine-bot run` again.
+
+Starting the local playground instead: a Discord-like web page on this machine, no Discord account needed.
+"""
+
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +59,76 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _load(config: str | None, *, default_path: str | None = "config.yaml") -> Settings:
+    """Settings from ``config``; the default path may be missing (all defaults, DISCORD_TOKEN still applies)."""
+    if config is not None and config == default_path and not Path(config).exists():
+        return load_settings(None)
+    return load_settings(config)
+
+
+def _setup_logging(settings: Settings) -> None:
+    setup_logging(settings.logging.level, json_lines=settings.logging.json_lines, secrets=[settings.token])
+
+
+def _start_playground(settings: Settings, port: int | None = None) -> int:
+    """The playground entry point: local Discord-compatible server, the bot and the web page, until Ctrl-C."""
+    from bot.playground.app import run_playground
+
+    if port is not None:
+        settings = settings.model_copy(update={"playground": settings.playground.model_copy(update={"port": port})})
+    return run_playground(settings)
+
+
+def run_main(args: argparse.Namespace) -> int:
+    """``imagine-bot run``: the bot on Discord, or the playground when no token is configured."""
+    from bot.bootstrap import run_bot  # torch and discord load here, not for `imagine-bot db`
+    from bot.discord.output_safety import SafetyCheckerLoadError
+    from bot.gate.content_filter import FilterConfigError
+    from generation.loading import ModelLoadError
+
+    try:
+        settings = _load(getattr(args, "config", "config.yaml"))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    _setup_logging(settings)
+    if not settings.token:
+        print(NO_TOKEN_HELP, file=sys.stderr)
+        return _start_playground(settings)
+    try:
+        return asyncio.run(run_bot(settings))
+    except ModelLoadError as exc:
+        print(f"Cannot start: the model could not be loaded.\n{exc}", file=sys.stderr)
+        return 2
+    except (FilterConfigError, SafetyCheckerLoadError) as exc:
+        print(f"Cannot start: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    except Exception as exc:
+        import discord
+
+        if isinstance(exc, discord.LoginFailure):
+            print("Discord refused the bot token (discord.token / DISCORD_TOKEN). Reset it in the developer "
+                  "portal (your application -> Bot -> Reset Token) and try again.", file=sys.stderr)
+            return 2
+        if isinstance(exc, ConfigError):
+            print(exc, file=sys.stderr)
+            return 2
+        raise
+
+
+def playground_main(args: argparse.Namespace) -> int:
+    """``imagine-bot playground``: the local Discord-like server, the bot and its web page."""
+    try:
+        settings = _load(getattr(args, "config", None), default_path=None)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    _setup_logging(settings)
+    return _start_playground(settings, getattr(args, "port", None))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["generate"]:
@@ -47,8 +140,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bot.storage.cli import db_main
 
         return db_main(args)
-    from bot.app import playground_main, run_main
-
     if args.command == "run":
         return run_main(args)
     return playground_main(args)

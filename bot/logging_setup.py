@@ -82,7 +82,7 @@ def _quote(value: Any) -> str:
 
 
 class KeyValueFormatter(logging.Formatter):
-    """``ts=... level=INFO logger=bot.delivery msg="posted result" job=12`` — greppable and still readable."""
+    """``ts=... level=INFO logger=bot.discord.delivery msg="posted result" job=12`` — greppable and still readable."""
 
     def format(self, record: logging.LogRecord) -> str:
         ts = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")

@@ -2,7 +2,7 @@
 
 Discord-free on purpose: the cog turns interactions into calls here and this service's answers into messages,
 and a :class:`ContestPublisher` (the cog) is told when a deadline has been processed so it can post. Every time
-comes from the injected :class:`~bot.contests.clock.Clock`, so tests run a day-long contest in milliseconds.
+comes from the injected :class:`~bot.timers.clock.Clock`, so tests run a day-long contest in milliseconds.
 
 Deadline processing is written durable-first: the database records that a step happened *before* anything is
 posted, and a result that was computed but not yet posted stays due, so a crash at any point is repaired by
@@ -20,10 +20,8 @@ from pathlib import Path
 from typing import Protocol
 
 from bot.contests import rules
-from bot.contests.clock import Clock, SystemClock
 from bot.contests.picture import PodiumEntry, render_results
 from bot.contests.rules import Phase, RuleError, Standing, Tally, Windows
-from bot.contests.scheduler import Deadline, DeadlineScheduler
 from bot.storage import contest_repository as repo
 from bot.storage.contest_records import (
     ContestRecord,
@@ -33,6 +31,8 @@ from bot.storage.contest_records import (
     VoteChange,
 )
 from bot.storage.db import Database
+from bot.timers.clock import Clock, SystemClock
+from bot.timers.deadlines import Deadline, DeadlineScheduler
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class GuildTerms(Protocol):
 
 
 class PromptFilter(Protocol):
-    """What the service needs from :class:`bot.moderation.filter.ContentFilter`."""
+    """What the service needs from :class:`bot.gate.content_filter.ContentFilter`."""
 
     def check(self, prompt: str, guild_terms: Iterable[str] = ()) -> object: ...
 

@@ -1,7 +1,7 @@
 """``imagine-bot playground``: the local Discord-compatible server, the REAL bot connected to it, and a web page
 that looks like a Discord channel, so the whole bot can be seen working with no Discord account.
 
-The bot is the production one, started by :func:`bot.app.start_bot`; only its settings differ (the local
+The bot is the production one, started by :func:`bot.bootstrap.start_bot`; only its settings differ (the local
 server's token and URLs from ``discord.api_base_url`` / ``discord.gateway_url``, no monkeypatching). Two more
 playground rules:
 
@@ -31,16 +31,18 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import SecretStr
 
-from bot.config import Settings
+from bot.bootstrap import RunningBot, build_services, start_bot
+from bot.config import ConfigError, Settings
+from bot.discord.output_safety import SafetyCheckerLoadError
+from bot.gate.content_filter import FilterConfigError
+from bot.localdiscord import LocalDiscordServer
 from bot.playground.web import PlaygroundWeb
-
-if TYPE_CHECKING:
-    from bot.app import RunningBot
-    from bot.localdiscord import LocalDiscordServer
+from bot.services import ModelInfo
+from generation.loading import LoadedModel, ModelLoadError, load_pipeline
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -101,11 +103,11 @@ class Playground:
         await self.close()
 
 
-def model_info(model: Any, settings: Settings) -> dict[str, Any]:
+def model_info(model: ModelInfo, settings: Settings) -> dict[str, Any]:
     """What the page shows about the model: its name, and a banner when it is the fallback or ``tiny``."""
-    name = getattr(model, "name", None) or "unknown"
-    is_fallback = bool(getattr(model, "is_fallback", False))
-    banner = getattr(model, "banner", None) if is_fallback else None
+    name = model.name
+    is_fallback = model.is_fallback
+    banner = model.banner if is_fallback else None
     if is_fallback and not banner:
         banner = f"Running the built-in 'tiny' test model because {settings.generation.model!r} could not be loaded."
     note = TINY_NOTE if name == "tiny" and not is_fallback else None
@@ -113,7 +115,7 @@ def model_info(model: Any, settings: Settings) -> dict[str, Any]:
     return {
         "model": name, "configured_model": gen.model, "is_fallback": is_fallback, "banner": banner, "note": note,
         "how_to": REAL_WEIGHTS_HINT if is_fallback else None,
-        "device": str(getattr(model, "device", "")),
+        "device": model.device,
         "defaults": {"steps": gen.default_steps, "max_steps": gen.max_steps, "width": gen.default_width,
                      "height": gen.default_height, "min_size": gen.min_size, "max_size": gen.max_size,
                      "guidance": gen.default_guidance, "scheduler": gen.default_scheduler},
@@ -160,17 +162,15 @@ def playground_settings(settings: Settings, server: LocalDiscordServer, data_dir
 
 
 async def start_playground(settings: Settings, *, port: int | None = None, host: str | None = None,
-                           data_dir: str | Path | None = None, model: Any = None, engine: Any = None) -> Playground:
+                           data_dir: str | Path | None = None, model: LoadedModel | None = None,
+                           engine: Any = None) -> Playground:
     """Start the local Discord server, the real bot connected to it, and the page; return once all are ready.
 
     ``port`` (default ``settings.playground.port``; 0 picks a free one, for tests) and ``host`` (default
     ``settings.playground.host``) are the page's. ``data_dir`` holds the playground's database and images
     (default: a temporary folder removed by :meth:`Playground.close`). ``model`` (a loaded
-    :class:`~generation.loading.LoadedModel`) and ``engine`` skip loading, as in :func:`bot.app.build_services`.
+    :class:`~generation.loading.LoadedModel`) and ``engine`` skip loading, as in :func:`bot.bootstrap.build_services`.
     """
-    from bot.app import build_services, start_bot
-    from bot.localdiscord import LocalDiscordServer
-
     host = settings.playground.host if host is None else host
     port = settings.playground.port if port is None else port
     remove = data_dir is None
@@ -192,12 +192,10 @@ async def start_playground(settings: Settings, *, port: int | None = None, host:
                 f"Cannot start the playground page on {host}:{port} ({exc.strerror or exc}). Is another playground "
                 "running? Choose another port with --port or playground.port in config.yaml.") from exc
         if model is None and engine is None:
-            from generation.loading import load_pipeline
-
             log.info("loading model %r (the playground falls back to 'tiny' if it cannot be loaded)",
                      generation.model)
             model = await in_daemon_thread(load_pipeline, generation)
-        if getattr(model, "name", None) == "tiny" or (model is None and generation.model == "tiny"):
+        if (model.name if model is not None else generation.model) == "tiny":
             generation = generation.model_copy(update=tiny_defaults(generation))
         effective = playground_settings(settings, server, folder, generation=generation)
         effective = effective.model_copy(update={"playground": effective.playground.model_copy(
@@ -330,16 +328,11 @@ async def serve_playground(settings: Settings) -> int:
 
 def _admin_fixable(exc: BaseException) -> bool:
     """Errors whose message tells the admin what to change in config.yaml (shown as one line, no traceback)."""
-    from bot.config import ConfigError
-    from bot.moderation.filter import FilterConfigError
-    from bot.moderation.safety import SafetyCheckerLoadError
-    from generation.loading import ModelLoadError
-
     return isinstance(exc, (ConfigError, FilterConfigError, SafetyCheckerLoadError, ModelLoadError))
 
 
 def run_playground(settings: Settings) -> int:
-    """Entry point used by :mod:`bot.app` (``imagine-bot playground`` and ``imagine-bot run`` without a token).
+    """Entry point used by :mod:`bot.cli` (``imagine-bot playground`` and ``imagine-bot run`` without a token).
 
     The page's port is ``settings.playground.port`` (``--port`` is applied by the caller). Returns the exit code.
     """

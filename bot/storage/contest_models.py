@@ -1,7 +1,7 @@
 """Contest tables (revision 0002), on the same ``Base`` as the rest of the schema.
 
-Kept out of ``models.py`` so the contest feature owns its schema; ``models.py`` imports this module at its end
-so ``Base.metadata`` (Alembic's target, ``Database.create_all``) always includes these tables.
+Kept out of ``models.py`` so the contest feature owns its schema; :mod:`bot.storage.schema` gathers both
+into the one metadata Alembic and ``Database.create_all`` use.
 
 Invariants live in the schema, not only in code, so concurrent clicks and restarts cannot break them:
 one running contest per channel (partial unique index), one vote per member per entry (unique constraint),
@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from bot.storage.models import Base, UTCDateTime
+from bot.storage.base import Base, UTCDateTime
 
 CONTEST_STATES = ("running", "finished", "cancelled")
 

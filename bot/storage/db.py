@@ -17,6 +17,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from bot.storage import schema
+
 BUSY_TIMEOUT_MS = 30_000
 _IMMEDIATE = "imagine_immediate"
 
@@ -95,10 +97,8 @@ class Database:
 
     async def create_all(self) -> None:
         """Create the tables straight from the models (tests); production uses :func:`upgrade_to_head`."""
-        from bot.storage.models import Base
-
         async with self.engine.begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
+            await conn.run_sync(schema.metadata.create_all)
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from bot.storage import repository
 from bot.storage.db import Database
-from bot.storage.models import utcnow
 from bot.storage.records import ImageRecord
+from bot.timers.clock import utcnow
 
 TMP_SUFFIX = ".tmp"
 

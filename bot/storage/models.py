@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 declarative models; ``Base.metadata`` is Alembic's autogenerate target.
+"""The job journal's tables: members, guild settings, jobs, images, moderation events, the rate-limit ledger.
 
 Portable on purpose (SQLite and PostgreSQL): Discord snowflakes are BIGINT, surrogate keys are INTEGER so
 SQLite's rowid autoincrement works, times are stored as naive UTC and handed back timezone-aware, and every
@@ -7,66 +7,27 @@ constraint is named (batch migrations on SQLite and ``ALTER`` on PostgreSQL need
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
     CheckConstraint,
-    DateTime,
     Float,
     ForeignKey,
     Index,
     Integer,
-    MetaData,
     String,
     Text,
     UniqueConstraint,
     false,
 )
-from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.orm import Mapped, mapped_column
 
-NAMING_CONVENTION = {
-    "ix": "ix_%(column_0_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
+from bot.storage.base import Base, UTCDateTime
 
 JOB_STATUSES = ("queued", "running", "done", "failed", "refused", "cancelled")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """A timestamp stored as naive UTC (SQLite has no time zones) and always returned timezone-aware."""
-
-    impl = DateTime
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to the database; use datetime.now(UTC)")
-        return value.astimezone(UTC).replace(tzinfo=None)
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map: dict[Any, Any] = {datetime: UTCDateTime}
 
 
 class Member(Base):
@@ -189,7 +150,3 @@ class RateLimitEntry(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
 
-
-# Contest tables live in their own module (revision 0002) on this same Base; importing it here keeps them in
-# Base.metadata for Alembic and create_all. At the end so Base exists when it imports it back.
-from bot.storage import contest_models as _contest_models  # noqa: E402,F401

@@ -16,8 +16,9 @@ from sqlalchemy import func, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.storage.base import UTCDateTime
 from bot.storage.db import Database
-from bot.storage.models import GuildSettings, Image, Job, Member, ModerationEvent, UTCDateTime, utcnow
+from bot.storage.models import GuildSettings, Image, Job, Member, ModerationEvent
 from bot.storage.records import (
     UNFINISHED,
     GuildSettingsRecord,
@@ -28,6 +29,7 @@ from bot.storage.records import (
     MemberStats,
     ModerationEventRecord,
 )
+from bot.timers.clock import utcnow
 
 R = TypeVar("R")
 EXCERPT_CHARS = 80

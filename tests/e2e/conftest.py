@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from bot.app import RunningBot
+from bot.bootstrap import RunningBot
 from bot.localdiscord import LocalDiscordServer
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bot.app import RunningBot, build_services, start_bot
+from bot.bootstrap import RunningBot, build_services, start_bot
 from bot.config import Settings, settings_from_mapping
 from bot.localdiscord import LocalDiscordServer, Member, Message
 from bot.storage import repository

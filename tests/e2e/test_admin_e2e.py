@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from e2e_support import E2E, png_of
 
-from bot.app import RunningBot
+from bot.bootstrap import RunningBot
 from bot.localdiscord import LocalDiscordServer
 from bot.storage import repository
 

@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 from PIL import Image, ImageOps, ImageStat
 
-from bot.app import RunningBot, build_services, start_bot
+from bot.bootstrap import RunningBot, build_services, start_bot
 from bot.config import Settings, settings_from_mapping
 from bot.contests import picture
-from bot.contests.clock import ManualClock, utcnow
 from bot.localdiscord import LocalDiscordServer
 from bot.storage import contest_repository, repository
+from bot.timers.clock import ManualClock, utcnow
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(240)]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from e2e_support import E2E, PNG_MAGIC, BotFactory, eventually, is_result_for, png_of
 
-from bot.app import RunningBot
+from bot.bootstrap import RunningBot
 from bot.localdiscord import LocalDiscordServer, Message
 from bot.storage import repository
 from generation.png import parse_parameters, read_parameters

@@ -29,7 +29,7 @@ import pytest
 import yaml
 from e2e_support import ACK_DEADLINE, E2E, BotFactory, e2e_config, eventually, imagine_label, is_result_for, png_of
 
-from bot.app import RunningBot
+from bot.bootstrap import RunningBot
 from bot.localdiscord import LocalDiscordServer, Message
 from bot.storage import repository
 from generation.png import parse_parameters, read_parameters

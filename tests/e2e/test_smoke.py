@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.app import start_bot
+from bot.bootstrap import start_bot
 from bot.config import settings_from_mapping
 from bot.localdiscord import LocalDiscordServer
 

@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, inspect
 
 from bot.storage.cli import db_main
 from bot.storage.db import Database, current_revision, run_alembic, upgrade_to_head
-from bot.storage.models import Base
+from bot.storage.schema import metadata
 
 CORE_TABLES = {"members", "guild_settings", "jobs", "images", "moderation_events", "rate_limit_ledger"}
 
@@ -29,7 +29,7 @@ def _diff(path: Path) -> list:
     try:
         with engine.connect() as conn:
             ctx = MigrationContext.configure(conn, opts={"compare_type": True, "render_as_batch": True})
-            return compare_metadata(ctx, Base.metadata)
+            return compare_metadata(ctx, metadata)
     finally:
         engine.dispose()
 

@@ -10,12 +10,12 @@ from datetime import timedelta
 import pytest
 from PIL import Image
 
-from bot.contests.clock import ManualClock
 from bot.contests.rules import RuleError
 from bot.contests.service import ContestService, Outcome
 from bot.storage import contest_repository as repo
 from bot.storage.contest_records import ContestRecord
 from bot.storage.db import Database
+from bot.timers.clock import ManualClock
 
 GUILD, CHANNEL = 1000, 2000  # as in conftest.py
 ALICE, BOB, CAROL, DAVE = 11, 12, 13, 14
@@ -149,7 +149,7 @@ async def test_entry_rules_against_real_jobs(service: ContestService, make_job: 
 
 
 async def test_filter_is_checked_again(db: Database, clock: ManualClock, make_job: MakeJob) -> None:
-    from bot.moderation.filter import ContentFilter
+    from bot.gate.content_filter import ContentFilter
 
     async def guild_terms(guild_id: int) -> list[str]:
         return ["dragon"]
@@ -227,7 +227,7 @@ async def test_deadline_passed_while_down_is_processed_at_start(db: Database, cl
 
 async def test_results_not_posted_are_retried(db: Database, clock: ManualClock, make_job: MakeJob,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from bot.contests import scheduler
+    from bot.timers import deadlines as scheduler
 
     monkeypatch.setattr(scheduler, "RETRY_SECONDS", 0.01)
     service = ContestService(db, clock=clock)

@@ -16,12 +16,10 @@ import discord
 import discord.gateway
 import discord.http
 import pytest
-import yarl
 from discord import app_commands
 from discord.ext import commands
 
-from bot.config import DISCORD_API, DISCORD_GATEWAY
-from bot.discord_endpoints import configure_endpoints, current_endpoints, reset_endpoints
+from bot.discord.endpoints import configure_endpoints, reset_endpoints
 from bot.localdiscord import EPHEMERAL, LocalDiscordServer
 
 pytestmark = pytest.mark.timeout(30)
@@ -196,21 +194,6 @@ async def world() -> AsyncIterator[World]:
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(task, 5)
         await server.close()
-        reset_endpoints()
-
-
-async def test_configure_endpoints_points_discord_py_and_is_noop_for_defaults() -> None:
-    original = (discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY)
-    try:
-        configure_endpoints("http://127.0.0.1:9/api/v10/", "ws://127.0.0.1:9/gateway")
-        assert discord.http.Route("GET", "/users/@me").url == "http://127.0.0.1:9/api/v10/users/@me"
-        gateway = discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
-        assert gateway == yarl.URL("ws://127.0.0.1:9/gateway")
-        configure_endpoints(DISCORD_API, DISCORD_GATEWAY)
-        now = (discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY)
-        assert now == original
-        assert current_endpoints() == ("https://discord.com/api/v10", "wss://gateway.discord.gg/")
-    finally:
         reset_endpoints()
 
 

@@ -7,7 +7,8 @@ import pytest
 from sqlalchemy import select, text
 
 from bot.storage.db import Database, sqlite_file
-from bot.storage.models import Member, utcnow
+from bot.storage.models import Member
+from bot.timers.clock import utcnow
 
 
 async def test_sqlite_pragmas_on_every_connection_and_parent_dir_created(tmp_path: Path) -> None:
