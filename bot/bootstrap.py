@@ -18,20 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bot.clock import Clock
 from bot.config import Settings
 from bot.contests.service import build_contest_service
 from bot.discord.client import ImagineBot, ShardedImagineBot, create_bot
 from bot.discord.endpoints import configure_endpoints
-from bot.discord.output_safety import load_safety_checker
 from bot.gate.content_filter import ContentFilter
 from bot.gate.rate_limits import RateLimiter
 from bot.journal.job_journal import JobJournal
 from bot.services import ModelInfo, Services
 from bot.storage.db import Database, upgrade_to_head
 from bot.storage.images import sweep_orphans
-from bot.timers.clock import Clock
 from generation.engine import DiffusionEngine
 from generation.loading import LoadedModel, load_pipeline
+from generation.safety import load_safety_checker
 from generation.worker import GenerationWorker
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ async def build_services(settings: Settings, *, model: LoadedModel | None = None
     ``model`` (a :class:`LoadedModel`) and ``engine`` (any ``BatchEngine``) may be passed in by tests and the
     playground to reuse a loaded pipeline or use a fake; by default the configured model is loaded in a thread.
     Raises :class:`generation.loading.ModelLoadError` (with a message for the admin) when it cannot be loaded.
-    ``clock`` (a :class:`bot.timers.clock.Clock`) lets tests drive contest deadlines; default: real time.
+    ``clock`` (a :class:`bot.clock.Clock`) lets tests drive contest deadlines; default: real time.
     """
     content_filter = ContentFilter(settings.content_filter.blocked_terms, settings.content_filter.regex_rules)
     if settings.database.auto_upgrade:

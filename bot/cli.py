@@ -82,9 +82,9 @@ def _start_playground(settings: Settings, port: int | None = None) -> int:
 def run_main(args: argparse.Namespace) -> int:
     """``imagine-bot run``: the bot on Discord, or the playground when no token is configured."""
     from bot.bootstrap import run_bot  # torch and discord load here, not for `imagine-bot db`
-    from bot.discord.output_safety import SafetyCheckerLoadError
     from bot.gate.content_filter import FilterConfigError
     from generation.loading import ModelLoadError
+    from generation.safety import SafetyCheckerLoadError
 
     try:
         settings = _load(getattr(args, "config", "config.yaml"))

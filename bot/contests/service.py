@@ -2,7 +2,7 @@
 
 Discord-free on purpose: the cog turns interactions into calls here and this service's answers into messages,
 and a :class:`ContestPublisher` (the cog) is told when a deadline has been processed so it can post. Every time
-comes from the injected :class:`~bot.timers.clock.Clock`, so tests run a day-long contest in milliseconds.
+comes from the injected :class:`~bot.clock.Clock`, so tests run a day-long contest in milliseconds.
 
 Deadline processing is written durable-first: the database records that a step happened *before* anything is
 posted, and a result that was computed but not yet posted stays due, so a crash at any point is repaired by
@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
+from bot.clock import Clock, SystemClock
 from bot.contests import rules
 from bot.contests.picture import PodiumEntry, render_results
 from bot.contests.rules import Phase, RuleError, Standing, Tally, Windows
@@ -31,7 +32,6 @@ from bot.storage.contest_records import (
     VoteChange,
 )
 from bot.storage.db import Database
-from bot.timers.clock import Clock, SystemClock
 from bot.timers.deadlines import Deadline, DeadlineScheduler
 
 log = logging.getLogger(__name__)

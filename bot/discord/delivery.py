@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
+from bot.clock import as_utc
 from bot.discord import formatting
 from bot.discord.output_safety import apply_policy, policy_for
 from bot.discord.views import result_view
@@ -33,7 +34,6 @@ from bot.services import Services
 from bot.storage import repository
 from bot.storage.records import ImageRecord, JobRecord
 from bot.text import MESSAGE_CONTENT_LIMIT, truncate
-from bot.timers.clock import as_utc
 
 if TYPE_CHECKING:
     from generation.worker import GenerationResult, JobHandle

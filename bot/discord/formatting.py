@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import discord
 from PIL import Image, PngImagePlugin
 
+from bot.clock import as_utc
 from bot.storage.records import JobRecord
 from bot.text import MESSAGE_CONTENT_LIMIT, format_duration, format_size, truncate
-from bot.timers.clock import as_utc
 from generation.png import parameters_text as png_parameters_text
 from generation.request import GenerationRequest
 from generation.schedulers import SAMPLER_LABELS

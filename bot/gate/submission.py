@@ -12,12 +12,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from bot.gate.rate_limits import RateLimited
+from bot.gate.content_filter import ContentFilter
+from bot.gate.rate_limits import RateLimited, RateLimiter
 from bot.gate.refusals import refusal_message
-from bot.services import Services
+from bot.journal.job_journal import JobJournal
 from bot.storage import repository
+from bot.storage.db import Database
 from bot.storage.records import JobRecord
 from generation.request import RequestError, validate_request
+from generation.settings import GenerationSettings
 from generation.worker import JobHandle, QueueFullError
 
 log = logging.getLogger(__name__)
@@ -78,11 +81,23 @@ class Accepted:
     handle: JobHandle
 
 
-async def submit(services: Services, options: Options, origin: Origin) -> Accepted | Refusal:
+@dataclass(frozen=True)
+class Gate:
+    """What the gate needs: the bounds to validate against, the filter and limits to apply, and the journal
+    that accepts what passes (so the gate never needs the whole :class:`~bot.gate.Services`)."""
+
+    settings: GenerationSettings
+    db: Database
+    content_filter: ContentFilter
+    rate_limiter: RateLimiter
+    journal: JobJournal
+
+
+async def submit(gate: Gate, options: Options, origin: Origin) -> Accepted | Refusal:
     """Run the whole gate; on success the job is journalled (before it is queued) and its handle returned."""
     try:
         request = validate_request(
-            services.settings.generation,
+            gate.settings,
             prompt=options.prompt,
             negative_prompt=options.negative_prompt,
             seed=options.seed,
@@ -99,14 +114,14 @@ async def submit(services: Services, options: Options, origin: Origin) -> Accept
 
     guild_terms: tuple[str, ...] = ()
     if origin.guild_id is not None:
-        guild_terms = (await repository.get_guild_settings(services.db, origin.guild_id)).blocked_terms
+        guild_terms = (await repository.get_guild_settings(gate.db, origin.guild_id)).blocked_terms
     for text in (request.prompt, request.negative_prompt):
         if not text:
             continue
-        verdict = services.content_filter.check(text, guild_terms)
+        verdict = gate.content_filter.check(text, guild_terms)
         if not verdict.allowed:
             await repository.record_moderation_event(
-                services.db, guild_id=origin.guild_id, channel_id=origin.channel_id, user_id=origin.user_id,
+                gate.db, guild_id=origin.guild_id, channel_id=origin.channel_id, user_id=origin.user_id,
                 prompt=text, category=verdict.category, rule=verdict.rule, source=origin.source,
             )
             log.info("prompt refused by the content filter", extra={
@@ -115,7 +130,7 @@ async def submit(services: Services, options: Options, origin: Origin) -> Accept
                            details={"category": verdict.category})
 
     try:
-        reservation = await services.rate_limiter.reserve(
+        reservation = await gate.rate_limiter.reserve(
             origin.guild_id, origin.user_id, request.count, role_ids=origin.role_ids
         )
     except RateLimited as exc:
@@ -123,7 +138,7 @@ async def submit(services: Services, options: Options, origin: Origin) -> Accept
                        retry_at=exc.retry_at, details={"reason": exc.reason})
 
     try:
-        job, handle = await services.journal.accept(
+        job, handle = await gate.journal.accept(
             request,
             guild_id=origin.guild_id,
             channel_id=origin.channel_id,
@@ -132,14 +147,14 @@ async def submit(services: Services, options: Options, origin: Origin) -> Accept
             interaction_token=origin.interaction_token,
             application_id=origin.application_id,
             parent_job_id=origin.parent_job_id,
-            reservation=reservation,
+            ledger_entry_id=reservation.entry_id,
         )
     except QueueFullError as exc:
-        await services.rate_limiter.release(reservation)
+        await gate.rate_limiter.release(reservation)
         return Refusal("queue_full", refusal_message("queue_full", message=exc.message),
                        details={"message": exc.message})
     except BaseException:
-        await services.rate_limiter.release(reservation)
+        await gate.rate_limiter.release(reservation)
         raise
     log.info("job accepted", extra={"job": job.id, "user": origin.user_id, "guild": origin.guild_id,
                                     "source": origin.source, "images": request.count})

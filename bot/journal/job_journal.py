@@ -16,16 +16,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bot.clock import utcnow
 from bot.storage import repository
 from bot.storage.db import Database
 from bot.storage.images import read_image, save_image
 from bot.storage.records import ImageRecord, JobRecord
-from bot.timers.clock import utcnow
 from generation.request import GenerationRequest
 from generation.worker import GeneratedImage, GenerationError, GenerationResult, JobCancelledError, QueueFullError
 
 if TYPE_CHECKING:
-    from bot.gate.rate_limits import Reservation
     from generation.worker import GenerationWorker, JobHandle
 
 log = logging.getLogger(__name__)
@@ -93,11 +92,11 @@ class JobJournal:
         interaction_token: str | None,
         application_id: int | None,
         parent_job_id: int | None = None,
-        reservation: Reservation | None = None,
+        ledger_entry_id: int | None = None,
     ) -> tuple[JobRecord, JobHandle]:
         """Journal the job (committed), then queue it. QueueFullError: the job is marked refused and re-raised.
 
-        A ``reservation`` from the rate limiter is linked to the job in the same transaction; releasing it
+        The rate limiter's ledger entry (``ledger_entry_id``) is linked to the job in the same transaction; releasing it
         after a refusal stays the caller's business (``RateLimiter.release``).
         """
         job = await repository.create_job(
@@ -106,7 +105,7 @@ class JobJournal:
             negative_prompt=request.negative_prompt, seed=request.seed, steps=request.steps,
             guidance=request.guidance, width=request.width, height=request.height, count=request.count,
             scheduler=request.scheduler, model=request.model or self.model_name, parent_job_id=parent_job_id,
-            ledger_entry_id=reservation.entry_id if reservation is not None else None,
+            ledger_entry_id=ledger_entry_id,
         )
         try:
             handle = self.worker.submit(request, job_id=job.worker_job_id)

@@ -16,6 +16,7 @@ from sqlalchemy import func, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.clock import utcnow
 from bot.storage.base import UTCDateTime
 from bot.storage.db import Database
 from bot.storage.models import GuildSettings, Image, Job, Member, ModerationEvent
@@ -29,7 +30,6 @@ from bot.storage.records import (
     MemberStats,
     ModerationEventRecord,
 )
-from bot.timers.clock import utcnow
 
 R = TypeVar("R")
 EXCERPT_CHARS = 80

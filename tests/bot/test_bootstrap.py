@@ -16,12 +16,12 @@ import pytest
 from sqlalchemy import update
 
 from bot import bootstrap, cli
+from bot.clock import utcnow
 from bot.config import settings_from_mapping
 from bot.localdiscord import LocalDiscordServer
 from bot.storage import repository
 from bot.storage.db import Database, upgrade_to_head
 from bot.storage.models import Job
-from bot.timers.clock import utcnow
 
 pytestmark = pytest.mark.timeout(180)
 

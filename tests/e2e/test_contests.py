@@ -21,11 +21,11 @@ import pytest
 from PIL import Image, ImageOps, ImageStat
 
 from bot.bootstrap import RunningBot, build_services, start_bot
+from bot.clock import ManualClock, utcnow
 from bot.config import Settings, settings_from_mapping
 from bot.contests import picture
 from bot.localdiscord import LocalDiscordServer
 from bot.storage import contest_repository, repository
-from bot.timers.clock import ManualClock, utcnow
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(240)]
 

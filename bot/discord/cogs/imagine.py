@@ -56,7 +56,7 @@ class ImagineBase(commands.Cog, name="Imagine"):
     async def start(self, interaction: discord.Interaction, options: Options, *,
                     parent_job_id: int | None = None, source: str = "imagine") -> Accepted | Refusal:
         """Gate and queue; the deferred ephemeral response shows a refusal, or position then progress."""
-        outcome = await submit(self.services, options, origin_of(interaction, parent_job_id=parent_job_id,
+        outcome = await submit(self.services.gate, options, origin_of(interaction, parent_job_id=parent_job_id,
                                                                   source=source))
         if isinstance(outcome, Refusal):
             await self._edit(interaction, outcome.message)

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from bot.clock import ManualClock, utcnow
 from bot.contests.service import ContestService
 from bot.storage import repository
 from bot.storage.db import Database
-from bot.timers.clock import ManualClock, utcnow
 
 GUILD = 1000
 CHANNEL = 2000

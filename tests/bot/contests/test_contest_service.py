@@ -10,12 +10,12 @@ from datetime import timedelta
 import pytest
 from PIL import Image
 
+from bot.clock import ManualClock
 from bot.contests.rules import RuleError
 from bot.contests.service import ContestService, Outcome
 from bot.storage import contest_repository as repo
 from bot.storage.contest_records import ContestRecord
 from bot.storage.db import Database
-from bot.timers.clock import ManualClock
 
 GUILD, CHANNEL = 1000, 2000  # as in conftest.py
 ALICE, BOB, CAROL, DAVE = 11, 12, 13, 14

@@ -61,7 +61,7 @@ ORIGIN = Origin(user_id=30, channel_id=20, guild_id=10, interaction_id=40, inter
 
 
 async def test_accepted_job_is_journalled_with_its_origin(services: Services) -> None:
-    outcome = await submit(services, Options(prompt="a red cube", seed=5, count=2, steps=3), ORIGIN)
+    outcome = await submit(services.gate, Options(prompt="a red cube", seed=5, count=2, steps=3), ORIGIN)
     assert isinstance(outcome, Accepted)
     job = await repository.get_job(services.db, outcome.job.id)
     assert (job.status, job.seed, job.count, job.steps, job.interaction_token) == ("queued", 5, 2, 3, "tok")
@@ -71,7 +71,7 @@ async def test_accepted_job_is_journalled_with_its_origin(services: Services) ->
 
 
 async def test_invalid_options_get_the_validation_message(services: Services) -> None:
-    outcome = await submit(services, Options(prompt="a cat", steps=31), ORIGIN)
+    outcome = await submit(services.gate, Options(prompt="a cat", steps=31), ORIGIN)
     assert isinstance(outcome, Refusal) and outcome.kind == "invalid"
     assert "steps" in outcome.message and "30" in outcome.message
     assert (await services.rate_limiter.usage(10, 30)).used == 0  # nothing reserved
@@ -79,7 +79,7 @@ async def test_invalid_options_get_the_validation_message(services: Services) ->
 
 @pytest.mark.parametrize("prompt", ["a F0rbidden-Word here", "x f o r b i d d e n w o r d"])
 async def test_global_term_is_refused_without_echo_and_recorded(services: Services, prompt: str) -> None:
-    outcome = await submit(services, Options(prompt=prompt), ORIGIN)
+    outcome = await submit(services.gate, Options(prompt=prompt), ORIGIN)
     assert isinstance(outcome, Refusal) and outcome.kind == "filtered"
     assert "forbidden" not in outcome.message.lower()
     assert "term" in outcome.message  # the category, not the term
@@ -90,20 +90,20 @@ async def test_global_term_is_refused_without_echo_and_recorded(services: Servic
 
 async def test_guild_terms_apply_only_in_their_guild(services: Services) -> None:
     await repository.add_blocked_terms(services.db, 10, ["purple"])
-    refused = await submit(services, Options(prompt="a purple cat"), ORIGIN)
+    refused = await submit(services.gate, Options(prompt="a purple cat"), ORIGIN)
     assert isinstance(refused, Refusal) and refused.kind == "filtered"
-    elsewhere = await submit(services, Options(prompt="a purple cat"), dataclasses.replace(ORIGIN, guild_id=11))
+    elsewhere = await submit(services.gate, Options(prompt="a purple cat"), dataclasses.replace(ORIGIN, guild_id=11))
     assert isinstance(elsewhere, Accepted)
 
 
 async def test_negative_prompt_is_filtered_too(services: Services) -> None:
-    outcome = await submit(services, Options(prompt="a cat", negative_prompt="forbidden words"), ORIGIN)
+    outcome = await submit(services.gate, Options(prompt="a cat", negative_prompt="forbidden words"), ORIGIN)
     assert isinstance(outcome, Refusal) and outcome.kind == "filtered"
 
 
 async def test_rate_limit_refusal_has_a_relative_timestamp(services: Services) -> None:
-    assert isinstance(await submit(services, Options(prompt="one", count=4), ORIGIN), Accepted)
-    outcome = await submit(services, Options(prompt="two", count=2), ORIGIN)
+    assert isinstance(await submit(services.gate, Options(prompt="one", count=4), ORIGIN), Accepted)
+    outcome = await submit(services.gate, Options(prompt="two", count=2), ORIGIN)
     assert isinstance(outcome, Refusal) and outcome.kind == "rate_limited"
     assert outcome.retry_at is not None and outcome.retry_at > datetime.now(UTC)
     assert f"<t:{int(outcome.retry_at.timestamp())}:R>" in outcome.message
@@ -111,9 +111,9 @@ async def test_rate_limit_refusal_has_a_relative_timestamp(services: Services) -
 
 async def test_queue_full_releases_the_reservation(services: Services) -> None:
     for user in (1, 2):  # queue_size is 2
-        assert isinstance(await submit(services, Options(prompt="x"), dataclasses.replace(ORIGIN, user_id=user)),
+        assert isinstance(await submit(services.gate, Options(prompt="x"), dataclasses.replace(ORIGIN, user_id=user)),
                           Accepted)
-    outcome = await submit(services, Options(prompt="x", count=3), ORIGIN)
+    outcome = await submit(services.gate, Options(prompt="x", count=3), ORIGIN)
     assert isinstance(outcome, Refusal) and outcome.kind == "queue_full"
     assert "queue is full" in outcome.message.lower()
     usage = await services.rate_limiter.usage(10, 30)
@@ -123,10 +123,10 @@ async def test_queue_full_releases_the_reservation(services: Services) -> None:
 
 
 async def test_rerun_keeps_parameters_with_a_new_seed(services: Services) -> None:
-    first = await submit(services, Options(prompt="a cat", seed=1, steps=4, width=320, height=256,
+    first = await submit(services.gate, Options(prompt="a cat", seed=1, steps=4, width=320, height=256,
                                            scheduler="ddim", negative_prompt="dog"), ORIGIN)
     assert isinstance(first, Accepted)
-    rerun = await submit(services, Options.rerun_of(first.job),
+    rerun = await submit(services.gate, Options.rerun_of(first.job),
                          dataclasses.replace(ORIGIN, parent_job_id=first.job.id, source="reaction",
                                              interaction_token=None, interaction_id=None))
     assert isinstance(rerun, Accepted)

@@ -184,10 +184,10 @@ async def test_queue_full_marks_refused_and_links_reservation(db: Database, tmp_
     journal = JobJournal(db, worker, tmp_path / "images", "tiny")
     limiter = RateLimiter(db, RateLimitSettings(images_per_window=100))
     first_reservation = await limiter.reserve(10, 30, 2)
-    first, _ = await journal.accept(request(), **ORIGIN, reservation=first_reservation)
+    first, _ = await journal.accept(request(), **ORIGIN, ledger_entry_id=first_reservation.entry_id)
     reservation = await limiter.reserve(10, 30, 2)
     with pytest.raises(QueueFullError):
-        await journal.accept(request(), **ORIGIN, reservation=reservation)
+        await journal.accept(request(), **ORIGIN, ledger_entry_id=reservation.entry_id)
     refused = (await repo.jobs_for_user(db, 10, 30, limit=1))[0]
     assert refused.status == "refused" and refused.error == "The queue is full."
     await limiter.release(reservation)

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
+from bot.clock import utcnow
 from bot.storage import repository as repo
 from bot.storage.cli import parse_age
 from bot.storage.db import Database
 from bot.storage.images import image_relpath, prune, read_image, save_image, sweep_orphans
 from bot.storage.models import Image
-from bot.timers.clock import utcnow
 
 
 async def _job_with_image(db: Database, images_dir: Path, png: bytes = b"\x89PNG fake") -> tuple[int, int]:
