@@ -309,12 +309,6 @@ class ContestService:
         except repo.NotFound:
             raise RuleError("That entry was withdrawn.", code="no_entry") from None
 
-    async def toggle_vote(self, entry_id: int, voter_id: int) -> tuple[bool, VoteChange]:
-        """The ⭐ button: vote, or take the vote back when already given. Returns ``(voted_now, change)``."""
-        if await repo.has_voted(self.db, entry_id, voter_id):
-            return False, await self.unvote(entry_id, voter_id)
-        return True, await self.vote(entry_id, voter_id)
-
     async def entry_for_message(self, message_id: int) -> EntryRecord | None:
         return await repo.entry_by_message(self.db, message_id)
 

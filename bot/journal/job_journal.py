@@ -75,10 +75,6 @@ class JobJournal:
         """The worker's handle of a job still being followed (queued or running), else None."""
         return self._handles.get(job_id)
 
-    @property
-    def active_job_ids(self) -> list[int]:
-        return sorted(self._handles)
-
     # --- accepting and recovering ------------------------------------------------------------------------------
 
     async def accept(
