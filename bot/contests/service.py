@@ -238,8 +238,8 @@ class ContestService:
         if job is None or job.guild_id != guild_id:  # DM images and other servers' images cannot enter
             raise RuleError(f"I do not know an image job with id {job_id} in this server.", code="no_job")
         # Today's filter and terms, not the ones it passed when it was generated.
-        allowed = all([await self._prompt_allowed(guild_id, text) for text in (job.prompt, job.negative_prompt)
-                       if text])
+        texts = (job.params.prompt, job.params.negative_prompt)
+        allowed = all([await self._prompt_allowed(guild_id, text) for text in texts if text])
 
         def validate(current: ContestRecord, candidate: EntryCandidate | None) -> None:
             if candidate is None:

@@ -8,8 +8,10 @@ storage, filter and limiter; the cogs turn its :class:`Refusal` into an ephemera
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any, Literal
 
 from bot.gate.content_filter import ContentFilter
@@ -30,24 +32,24 @@ RefusalKind = Literal["invalid", "filtered", "rate_limited", "queue_full"]
 
 @dataclass(frozen=True)
 class Options:
-    """What the member asked for; ``None`` means the configured default (a new random seed for ``seed``)."""
+    """What the member asked for, as given: :class:`~generation.request.ImageParams` field names to values
+    (a missing one is the configured default; no seed means a new random one), plus an uploaded picture.
 
-    prompt: str
-    negative_prompt: str = ""
-    seed: int | None = None
-    steps: int | None = None
-    guidance: float | None = None
-    width: int | None = None
-    height: int | None = None
-    count: int = 1
-    scheduler: str | None = None
+    Only :func:`~generation.request.validate_request` knows the fields, so a new image parameter needs no edit here.
+    """
+
+    values: Mapping[str, Any]
+    init_image: bytes | None = field(default=None, repr=False)
+
+    @classmethod
+    def of(cls, *, init_image: bytes | None = None, **values: Any) -> Options:
+        """Options from keyword values; ``None`` values are left out (they mean "the default")."""
+        return cls(MappingProxyType({k: v for k, v in values.items() if v is not None}), init_image)
 
     @classmethod
     def rerun_of(cls, job: JobRecord) -> Options:
         """The same prompt and parameters with a new random seed (what 🔄 means)."""
-        return cls(prompt=job.prompt, negative_prompt=job.negative_prompt, seed=None, steps=job.steps,
-                   guidance=job.guidance, width=job.width, height=job.height, count=job.count,
-                   scheduler=job.scheduler)
+        return cls.of(**{**job.params.to_dict(), "seed": None})
 
 
 @dataclass(frozen=True)
@@ -96,26 +98,15 @@ class Gate:
 async def submit(gate: Gate, options: Options, origin: Origin) -> Accepted | Refusal:
     """Run the whole gate; on success the job is journalled (before it is queued) and its handle returned."""
     try:
-        request = validate_request(
-            gate.settings,
-            prompt=options.prompt,
-            negative_prompt=options.negative_prompt,
-            seed=options.seed,
-            steps=options.steps,
-            guidance=options.guidance,
-            width=options.width,
-            height=options.height,
-            count=options.count,
-            scheduler=options.scheduler,
-            requester_id=str(origin.user_id),
-        )
+        request = validate_request(gate.settings, requester_id=str(origin.user_id), init_image=options.init_image,
+                                   **options.values)
     except RequestError as exc:
         return Refusal("invalid", refusal_message("invalid", message=exc.message), details={"message": exc.message})
 
     guild_terms: tuple[str, ...] = ()
     if origin.guild_id is not None:
         guild_terms = (await repository.get_guild_settings(gate.db, origin.guild_id)).blocked_terms
-    for text in (request.prompt, request.negative_prompt):
+    for text in (request.params.prompt, request.params.negative_prompt):
         if not text:
             continue
         verdict = gate.content_filter.check(text, guild_terms)
@@ -131,7 +122,7 @@ async def submit(gate: Gate, options: Options, origin: Origin) -> Accepted | Ref
 
     try:
         reservation = await gate.rate_limiter.reserve(
-            origin.guild_id, origin.user_id, request.count, role_ids=origin.role_ids
+            origin.guild_id, origin.user_id, request.params.count, role_ids=origin.role_ids
         )
     except RateLimited as exc:
         return Refusal("rate_limited", refusal_message("rate_limited", retry_at=exc.retry_at, reason=exc.reason),
@@ -157,5 +148,5 @@ async def submit(gate: Gate, options: Options, origin: Origin) -> Accepted | Ref
         await gate.rate_limiter.release(reservation)
         raise
     log.info("job accepted", extra={"job": job.id, "user": origin.user_id, "guild": origin.guild_id,
-                                    "source": origin.source, "images": request.count})
+                                    "source": origin.source, "images": request.params.count})
     return Accepted(job, handle)

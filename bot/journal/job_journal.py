@@ -40,11 +40,7 @@ REDELIVER_WITHIN = timedelta(days=1)  # results saved but never posted are poste
 
 def request_of(job: JobRecord) -> GenerationRequest:
     """Rebuild the exact request a journalled job was accepted with (same seed, so the same images)."""
-    return GenerationRequest(
-        prompt=job.prompt, negative_prompt=job.negative_prompt, seed=job.seed, steps=job.steps,
-        guidance=job.guidance, width=job.width, height=job.height, count=job.count, scheduler=job.scheduler,
-        requester_id=str(job.user_id), model=job.model,
-    )
+    return GenerationRequest(params=job.params, requester_id=str(job.user_id))
 
 
 class JobJournal:
@@ -97,11 +93,8 @@ class JobJournal:
         """
         job = await repository.create_job(
             self.db, guild_id=guild_id, channel_id=channel_id, user_id=user_id, interaction_id=interaction_id,
-            interaction_token=interaction_token, application_id=application_id, prompt=request.prompt,
-            negative_prompt=request.negative_prompt, seed=request.seed, steps=request.steps,
-            guidance=request.guidance, width=request.width, height=request.height, count=request.count,
-            scheduler=request.scheduler, model=request.model or self.model_name, parent_job_id=parent_job_id,
-            ledger_entry_id=ledger_entry_id,
+            interaction_token=interaction_token, application_id=application_id, params=request.params,
+            parent_job_id=parent_job_id, ledger_entry_id=ledger_entry_id,
         )
         try:
             handle = self.worker.submit(request, job_id=job.worker_job_id)
@@ -170,7 +163,8 @@ class JobJournal:
             return
         elapsed = (job.finished_at - job.started_at).total_seconds() if job.finished_at and job.started_at else 0.0
         log.info("re-delivering job %s: its images were saved but never posted", job.id)
-        result = GenerationResult(job.worker_job_id, request_of(job), images, job.model, elapsed, job.prompt_truncated)
+        result = GenerationResult(job.worker_job_id, request_of(job), images, job.params.model, elapsed,
+                                  job.prompt_truncated)
         await self._notify(job, records, result)
 
     async def cancel(self, job_id: int) -> bool:

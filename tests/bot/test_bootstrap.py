@@ -22,6 +22,7 @@ from bot.localdiscord import LocalDiscordServer
 from bot.storage import repository
 from bot.storage.db import Database, upgrade_to_head
 from bot.storage.models import Job
+from tests.helpers import new_job
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -141,19 +142,19 @@ async def test_recovery_delivers_or_fails_each_unfinished_job(tmp_path: Path) ->
         common = dict(guild_id=server.guild.id, negative_prompt="", steps=2, guidance=7.5, width=64, height=64,
                       count=1, scheduler="euler", model="tiny")
         # Token presumably still valid, but Discord (here: the local server) refuses it -> channel message.
-        refused_token = await repository.create_job(
+        refused_token = await new_job(
             db, channel_id=server.general.id, user_id=bob.id, prompt="recovered one", seed=1,
             interaction_id=None, interaction_token="not-a-real-token-" * 3, application_id=server.application_id,
             **common)
         # Queued an hour ago: its token has expired -> channel message mentioning the member.
-        old = await repository.create_job(
+        old = await new_job(
             db, channel_id=server.art.id, user_id=carol.id, prompt="recovered two", seed=2,
             interaction_id=None, interaction_token="expired-token-" * 3, application_id=server.application_id,
             **common)
         await repository.mark_running(db, old.id)  # it was running when the bot stopped: starts over
         async with db.session(write=True) as session:
             await session.execute(update(Job).where(Job.id == old.id).values(queued_at=utcnow() - timedelta(hours=1)))
-        gone = await repository.create_job(db, channel_id=424242, user_id=bob.id, prompt="nowhere", seed=3,
+        gone = await new_job(db, channel_id=424242, user_id=bob.id, prompt="nowhere", seed=3,
                                            **common)
         await db.close()
 

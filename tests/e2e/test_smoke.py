@@ -66,6 +66,6 @@ async def test_imagine_posts_a_png(tmp_path: Path) -> None:
             from bot.storage import repository
 
             job = await repository.find_job_by_message(running.services.db, result.id)
-            assert job is not None and job.status == "done" and job.seed == 42
+            assert job is not None and job.status == "done" and job.params.seed == 42
         finally:
             await running.close()

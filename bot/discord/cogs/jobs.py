@@ -34,7 +34,7 @@ def history_lines(jobs: list[JobRecord]) -> str:
         return "You have no jobs here yet. Try `/imagine`."
     lines = []
     for job in jobs:
-        prompt = truncate(" ".join(job.prompt.split()), 60)
+        prompt = truncate(" ".join(job.params.prompt.split()), 60)
         link = message_link(job)
         when = discord_timestamp(job.queued_at, "R")
         suffix = f" — [result]({link})" if link else (f" — {job.status}" if job.status != "done" else "")

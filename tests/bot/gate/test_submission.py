@@ -61,17 +61,18 @@ ORIGIN = Origin(user_id=30, channel_id=20, guild_id=10, interaction_id=40, inter
 
 
 async def test_accepted_job_is_journalled_with_its_origin(services: Services) -> None:
-    outcome = await submit(services.gate, Options(prompt="a red cube", seed=5, count=2, steps=3), ORIGIN)
+    outcome = await submit(services.gate, Options.of(prompt="a red cube", seed=5, count=2, steps=3), ORIGIN)
     assert isinstance(outcome, Accepted)
     job = await repository.get_job(services.db, outcome.job.id)
-    assert (job.status, job.seed, job.count, job.steps, job.interaction_token) == ("queued", 5, 2, 3, "tok")
+    assert (job.status, job.params.seed, job.params.count, job.params.steps) == ("queued", 5, 2, 3)
+    assert job.interaction_token == "tok"
     assert services.worker.position(outcome.handle.job_id) == 1
     usage = await services.rate_limiter.usage(10, 30)
     assert usage.used == 2 and usage.queued == 1
 
 
 async def test_invalid_options_get_the_validation_message(services: Services) -> None:
-    outcome = await submit(services.gate, Options(prompt="a cat", steps=31), ORIGIN)
+    outcome = await submit(services.gate, Options.of(prompt="a cat", steps=31), ORIGIN)
     assert isinstance(outcome, Refusal) and outcome.kind == "invalid"
     assert "steps" in outcome.message and "30" in outcome.message
     assert (await services.rate_limiter.usage(10, 30)).used == 0  # nothing reserved
@@ -79,7 +80,7 @@ async def test_invalid_options_get_the_validation_message(services: Services) ->
 
 @pytest.mark.parametrize("prompt", ["a F0rbidden-Word here", "x f o r b i d d e n w o r d"])
 async def test_global_term_is_refused_without_echo_and_recorded(services: Services, prompt: str) -> None:
-    outcome = await submit(services.gate, Options(prompt=prompt), ORIGIN)
+    outcome = await submit(services.gate, Options.of(prompt=prompt), ORIGIN)
     assert isinstance(outcome, Refusal) and outcome.kind == "filtered"
     assert "forbidden" not in outcome.message.lower()
     assert "term" in outcome.message  # the category, not the term
@@ -90,20 +91,20 @@ async def test_global_term_is_refused_without_echo_and_recorded(services: Servic
 
 async def test_guild_terms_apply_only_in_their_guild(services: Services) -> None:
     await repository.add_blocked_terms(services.db, 10, ["purple"])
-    refused = await submit(services.gate, Options(prompt="a purple cat"), ORIGIN)
+    refused = await submit(services.gate, Options.of(prompt="a purple cat"), ORIGIN)
     assert isinstance(refused, Refusal) and refused.kind == "filtered"
-    elsewhere = await submit(services.gate, Options(prompt="a purple cat"), dataclasses.replace(ORIGIN, guild_id=11))
+    elsewhere = await submit(services.gate, Options.of(prompt="a purple cat"), dataclasses.replace(ORIGIN, guild_id=11))
     assert isinstance(elsewhere, Accepted)
 
 
 async def test_negative_prompt_is_filtered_too(services: Services) -> None:
-    outcome = await submit(services.gate, Options(prompt="a cat", negative_prompt="forbidden words"), ORIGIN)
+    outcome = await submit(services.gate, Options.of(prompt="a cat", negative_prompt="forbidden words"), ORIGIN)
     assert isinstance(outcome, Refusal) and outcome.kind == "filtered"
 
 
 async def test_rate_limit_refusal_has_a_relative_timestamp(services: Services) -> None:
-    assert isinstance(await submit(services.gate, Options(prompt="one", count=4), ORIGIN), Accepted)
-    outcome = await submit(services.gate, Options(prompt="two", count=2), ORIGIN)
+    assert isinstance(await submit(services.gate, Options.of(prompt="one", count=4), ORIGIN), Accepted)
+    outcome = await submit(services.gate, Options.of(prompt="two", count=2), ORIGIN)
     assert isinstance(outcome, Refusal) and outcome.kind == "rate_limited"
     assert outcome.retry_at is not None and outcome.retry_at > datetime.now(UTC)
     assert f"<t:{int(outcome.retry_at.timestamp())}:R>" in outcome.message
@@ -111,9 +112,9 @@ async def test_rate_limit_refusal_has_a_relative_timestamp(services: Services) -
 
 async def test_queue_full_releases_the_reservation(services: Services) -> None:
     for user in (1, 2):  # queue_size is 2
-        assert isinstance(await submit(services.gate, Options(prompt="x"), dataclasses.replace(ORIGIN, user_id=user)),
-                          Accepted)
-    outcome = await submit(services.gate, Options(prompt="x", count=3), ORIGIN)
+        origin = dataclasses.replace(ORIGIN, user_id=user)
+        assert isinstance(await submit(services.gate, Options.of(prompt="x"), origin), Accepted)
+    outcome = await submit(services.gate, Options.of(prompt="x", count=3), ORIGIN)
     assert isinstance(outcome, Refusal) and outcome.kind == "queue_full"
     assert "queue is full" in outcome.message.lower()
     usage = await services.rate_limiter.usage(10, 30)
@@ -123,7 +124,7 @@ async def test_queue_full_releases_the_reservation(services: Services) -> None:
 
 
 async def test_rerun_keeps_parameters_with_a_new_seed(services: Services) -> None:
-    first = await submit(services.gate, Options(prompt="a cat", seed=1, steps=4, width=320, height=256,
+    first = await submit(services.gate, Options.of(prompt="a cat", seed=1, steps=4, width=320, height=256,
                                            scheduler="ddim", negative_prompt="dog"), ORIGIN)
     assert isinstance(first, Accepted)
     rerun = await submit(services.gate, Options.rerun_of(first.job),
@@ -133,5 +134,5 @@ async def test_rerun_keeps_parameters_with_a_new_seed(services: Services) -> Non
     child = rerun.job
     assert child.parent_job_id == first.job.id and child.interaction_token is None
     same = ("prompt", "negative_prompt", "steps", "width", "height", "scheduler", "guidance", "count")
-    assert all(getattr(child, name) == getattr(first.job, name) for name in same)
-    assert Options.rerun_of(first.job).seed is None
+    assert all(getattr(child.params, name) == getattr(first.job.params, name) for name in same)
+    assert "seed" not in Options.rerun_of(first.job).values

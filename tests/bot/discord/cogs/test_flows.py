@@ -127,7 +127,7 @@ async def test_buttons_parameters_rerun_and_delete(world: World) -> None:
     second = await rerun.wait_for_response(timeout=60, predicate=is_result)
     child = await repository.get_job(world.db, _job_id(second))
     assert child.parent_job_id == job_id and child.user_id == world.member("carol").id
-    assert child.prompt == "a blue sphere" and child.seed != 5
+    assert child.params.prompt == "a blue sphere" and child.params.seed != 5
 
     denied = await world.server.press_button(world.member("carol"), result, f"imagine:delete:{job_id}")
     assert "Only the member" in (await world.ephemeral_answer(denied)).content
@@ -145,7 +145,7 @@ async def test_reaction_rerun_is_a_channel_message_with_mention(world: World) ->
     rerun = await world.server.wait_for_message(
         lambda m: is_result(m) and m.interaction_id is None and f"<@{carol.id}>" in m.content, timeout=60)
     child = await repository.get_job(world.db, _job_id(rerun))
-    assert child.parent_job_id == parent and child.interaction_token is None and child.seed != 9
+    assert child.parent_job_id == parent and child.interaction_token is None and child.params.seed != 9
     # The short "queued" note was removed once the result mentioned the member.
     await world.server._wait_until(
         lambda: not [m for m in world.server.bot_messages() if "rerun of job" in m.content], 10, "note removal")
