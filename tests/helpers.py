@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bot.config import Settings, settings_from_mapping
 from bot.storage import repository
 from bot.storage.db import Database
 from bot.storage.records import JobRecord
@@ -54,6 +55,37 @@ async def new_job(db: Database, **changes: Any) -> JobRecord:
     rest.setdefault("channel_id", 2)
     rest.setdefault("user_id", 3)
     return await repository.create_job(db, params=rest.pop("params", None) or params(**image), **rest)
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in, section by section."""
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def local_bot_config(server: Any, data_dir: Path, **sections: dict[str, Any]) -> dict[str, Any]:
+    """The config mapping of a real bot on the local Discord server ``server`` with the tiny model, its database
+    and images under ``data_dir``; ``sections`` are merged in (``rate_limits={"images_per_window": 2}``)."""
+    base: dict[str, Any] = {
+        "discord": {"token": server.token, "api_base_url": server.api_base_url, "gateway_url": server.gateway_url,
+                    "guild_ids": [server.guild.id], "progress_edit_seconds": 0.2},
+        "database": {"url": f"sqlite+aiosqlite:///{data_dir / 'imagine.db'}"},
+        "storage": {"images_dir": str(data_dir / "images")},
+        "generation": {"model": "tiny", "device": "cpu", "dtype": "fp32", "default_steps": 2, "max_steps": 30,
+                       "default_width": 64, "default_height": 64, "min_size": 64, "max_size": 256,
+                       "previews": False},
+    }
+    return merge(base, sections)
+
+
+def local_bot_settings(server: Any, data_dir: Path, **sections: dict[str, Any]) -> Settings:
+    """:func:`local_bot_config` as validated settings (no environment variables read)."""
+    return settings_from_mapping(local_bot_config(server, data_dir, **sections), environ={})
 
 
 async def eventually(check: Callable[[], T | Awaitable[T]], what: str = "the condition",

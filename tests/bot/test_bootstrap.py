@@ -17,12 +17,12 @@ from sqlalchemy import update
 
 from bot import bootstrap, cli
 from bot.clock import utcnow
-from bot.config import settings_from_mapping
+from bot.config import Settings, settings_from_mapping
 from bot.localdiscord import LocalDiscordServer
 from bot.storage import repository
 from bot.storage.db import Database, upgrade_to_head
 from bot.storage.models import Job
-from tests.helpers import new_job
+from tests.helpers import local_bot_settings, new_job
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -122,15 +122,8 @@ def test_model_load_error_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "x" * 30 not in err
 
 
-def bot_settings(server: LocalDiscordServer, tmp_path: Path, **generation: Any) -> Any:
-    return settings_from_mapping({
-        "discord": {"token": server.token, "api_base_url": server.api_base_url,
-                    "gateway_url": server.gateway_url, "guild_ids": [server.guild.id]},
-        "database": {"url": f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"},
-        "storage": {"images_dir": str(tmp_path / "images")},
-        "generation": {"model": "tiny", "device": "cpu", "default_steps": 2, "default_width": 64,
-                       "default_height": 64, "min_size": 64, "max_size": 256, **generation},
-    }, environ={})
+def bot_settings(server: LocalDiscordServer, tmp_path: Path, **generation: Any) -> Settings:
+    return local_bot_settings(server, tmp_path, discord={"progress_edit_seconds": 1.0}, generation=generation)
 
 
 async def test_recovery_delivers_or_fails_each_unfinished_job(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from generation.worker import (
     JobCancelledError,
     QueueFullError,
 )
-from tests.helpers import new_job, params
+from tests.helpers import eventually, new_job, params
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -124,13 +124,6 @@ class Recorder:
 
     async def __call__(self, job: Any, images: list, outcome: Any) -> None:
         self.calls.append((job, images, outcome))
-
-
-async def eventually(check: Any, within: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.02)
 
 
 async def test_accept_journals_before_queueing_then_records_success(db: Database, worker: FakeWorker,

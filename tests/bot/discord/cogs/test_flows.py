@@ -16,10 +16,10 @@ import pytest
 import pytest_asyncio
 
 from bot.bootstrap import RunningBot, start_bot
-from bot.config import settings_from_mapping
 from bot.discord import delivery as delivery_module
 from bot.localdiscord import LocalDiscordServer
 from bot.storage import repository
+from tests.helpers import local_bot_settings
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.asyncio(loop_scope="module")]
 
@@ -56,17 +56,10 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
     tmp: Path = tmp_path_factory.mktemp("flows")
     server = LocalDiscordServer(token="flows-token-0123456789abcdef")
     await server.start()
-    settings = settings_from_mapping({
-        "discord": {"token": server.token, "api_base_url": server.api_base_url,
-                    "gateway_url": server.gateway_url, "guild_ids": [server.guild.id],
-                    "progress_edit_seconds": 0.0},
-        "database": {"url": f"sqlite+aiosqlite:///{tmp / 'bot.db'}"},
-        "storage": {"images_dir": str(tmp / "images")},
-        "generation": {"model": "tiny", "device": "cpu", "default_steps": 3, "default_width": 64,
-                       "default_height": 64, "min_size": 64, "max_size": 256},
-        "rate_limits": {"images_per_window": 1000, "max_queued_per_user": 10},
-        "content_filter": {"blocked_terms": ["forbidden word"]},
-    }, environ={})
+    settings = local_bot_settings(
+        server, tmp, discord={"progress_edit_seconds": 0.0}, generation={"default_steps": 3, "max_steps": 50},
+        rate_limits={"images_per_window": 1000, "max_queued_per_user": 10},
+        content_filter={"blocked_terms": ["forbidden word"]})
     running = await start_bot(settings)
     try:
         yield World(server, running)
@@ -195,11 +188,12 @@ async def test_admin_commands_need_manage_server(world: World) -> None:
 
 
 async def test_history_job_queue_cancel(world: World) -> None:
+    await world.imagine("bob", {"prompt": "a green cone", "seed": 12})  # its own job: no other test needed first
     history = await world.server.send_command(world.member("bob"), world.server.general, "history", {})
     text = (await world.ephemeral_answer(history)).content
-    assert "a red cube" in text
+    assert "a green cone" in text
     job_id = int(text.split("`")[1])
-    shown = await world.server.send_command(world.member("carol"), world.server.general, "job", {"job_id": job_id})
+    shown = await world.server.send_command(world.member("bob"), world.server.general, "job", {"job_id": job_id})
     message = await world.ephemeral_answer(shown)
     assert "Status: **" in message.content and message.embeds
     queue = await world.server.send_command(world.member("bob"), world.server.general, "queue", {})
