@@ -22,6 +22,7 @@ from bot.localdiscord.models import (
     Interaction,
     Member,
     Message,
+    Refusal,
     RestCall,
     Role,
     User,
@@ -30,5 +31,6 @@ from bot.localdiscord.server import LocalDiscordServer
 
 __all__ = [
     "EPHEMERAL", "LOADING", "Attachment", "Channel", "DiscordError", "FaultRule", "Guild", "Interaction",
-    "LocalDiscordServer", "Member", "Message", "RestCall", "Role", "ServerEvent", "User", "compile_path_pattern",
+    "LocalDiscordServer", "Member", "Message", "Refusal", "RestCall", "Role", "ServerEvent", "User",
+    "compile_path_pattern",
 ]

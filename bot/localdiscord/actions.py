@@ -70,8 +70,9 @@ class MemberActions:
         }
         channel_payload = channel.payload()
         if guild is not None and member is not None:
-            permissions = guild.permissions_of(member)
-            bot_permissions = guild.permissions_of(guild.members[self.world.bot_user.id])
+            # Discord sends both as computed in the channel, overwrites included.
+            permissions = guild.permissions_in(member, channel)
+            bot_permissions = guild.permissions_in(guild.members[self.world.bot_user.id], channel)
             channel_payload["permissions"] = str(permissions)
             payload.update({
                 "guild_id": str(guild.id), "guild_locale": "en-US",

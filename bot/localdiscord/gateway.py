@@ -1,5 +1,10 @@
 """Gateway v10: the websocket endpoint, IDENTIFY/RESUME, sessions with a replay buffer, and dispatch routing.
 
+Routing follows Discord (``rules/gateway.py``): a guild's events reach only the shard that owns the guild,
+DMs only shard 0, and a session gets only the events its intents ask for; without MESSAGE_CONTENT, messages
+arrive without content, embeds, attachments and components (except the bot's own, DMs and mentions of it);
+without GUILD_PRESENCES, GUILD_CREATE lists only the bot among the members.
+
 discord.py parses TEXT frames as plain JSON even when it asked for ``compress=zlib-stream``, but the server
 honours the query anyway (one zlib stream per connection, each frame ending in a Z_SYNC_FLUSH) so the
 client's real decompression path is exercised. Frames go through one writer task per connection so the
@@ -21,6 +26,16 @@ from typing import Any
 from aiohttp import web
 
 from bot.localdiscord.events import EventHub
+from bot.localdiscord.models import Guild, Refusal
+from bot.localdiscord.rules.gateway import (
+    CONTENT_FIELDS,
+    GUILD_PRESENCES,
+    MESSAGE_CONTENT,
+    MESSAGE_EVENTS,
+    identify_refusal,
+    needed_intent,
+    shard_of,
+)
 from bot.localdiscord.settings import ServerSettings
 from bot.localdiscord.world import World
 
@@ -105,6 +120,18 @@ class GatewaySession:
         self.invalid = False
         self.resumes = 0
 
+    @property
+    def shard_id(self) -> int:
+        return self.shard[0] if self.shard else 0
+
+    @property
+    def num_shards(self) -> int:
+        return self.shard[1] if self.shard else 1
+
+    def owns(self, guild_id: int | None) -> bool:
+        """Whether this session's shard gets events of ``guild_id`` (None: DMs, shard 0)."""
+        return shard_of(guild_id, self.num_shards) == self.shard_id
+
     def dispatch(self, event: str, data: dict[str, Any]) -> None:
         self.seq += 1
         frame = {"op": DISPATCH, "t": event, "s": self.seq, "d": data}
@@ -133,10 +160,11 @@ class Gateway:
     lives here too, since it acts on the sessions.
     """
 
-    def __init__(self, settings: ServerSettings, world: World, hub: EventHub) -> None:
+    def __init__(self, settings: ServerSettings, world: World, hub: EventHub, refusals: list[Refusal]) -> None:
         self.settings = settings
         self.world = world
         self.hub = hub
+        self.refusals = refusals
         self.sessions: dict[str, GatewaySession] = {}
         self.connections: set[GatewayConnection] = set()
         self.identify_count = 0
@@ -145,9 +173,26 @@ class Gateway:
         hub.listen(self.dispatch)
 
     def dispatch(self, event: str, data: dict[str, Any], guild_id: int | None) -> None:
+        """Send ``event`` to every session whose shard owns ``guild_id`` and whose intents want it."""
+        need = needed_intent(event, in_guild=guild_id is not None)
         for session in self.sessions.values():
-            if not session.invalid:
-                session.dispatch(event, data)
+            if session.invalid or not session.owns(guild_id) or (need and not session.intents & need):
+                continue
+            session.dispatch(event, self._as_seen_by(session, event, data, guild_id))
+
+    def _as_seen_by(self, session: GatewaySession, event: str, data: dict[str, Any], guild_id: int | None
+                    ) -> dict[str, Any]:
+        """``data`` with what the session's intents do not entitle it to left out."""
+        if event in MESSAGE_EVENTS and not session.intents & MESSAGE_CONTENT and guild_id is not None:
+            bot_id = str(self.world.bot_user.id)
+            mentioned = any(str(u.get("id")) == bot_id for u in data.get("mentions") or [])
+            mentioned = mentioned or f"<@{bot_id}>" in str(data.get("content") or "")
+            if (data.get("author") or {}).get("id") != bot_id and not mentioned:
+                return {**data, **{k: ([] if k != "content" else "") for k in CONTENT_FIELDS if k in data}}
+        if event == "GUILD_CREATE" and not session.intents & GUILD_PRESENCES:
+            bot_id = str(self.world.bot_user.id)
+            return {**data, "members": [m for m in data.get("members", []) if m["user"]["id"] == bot_id]}
+        return data
 
     @property
     def connected(self) -> bool:
@@ -176,7 +221,7 @@ class Gateway:
                 try:
                     frame = json.loads(msg.data)
                 except ValueError:
-                    await conn.close(4002, b"Error while decoding payload.")
+                    await self._refuse(conn, 4002, "Error while decoding payload.")
                     break
                 op, data = frame.get("op"), frame.get("d")
                 if op == HEARTBEAT:
@@ -192,7 +237,7 @@ class Gateway:
                 elif op in (PRESENCE, VOICE_STATE):
                     continue
                 elif session is None:
-                    await conn.close(4003, b"Not authenticated.")
+                    await self._refuse(conn, 4003, "Not authenticated.")
                     break
         finally:
             if session is not None and session.connection is conn:
@@ -206,18 +251,27 @@ class Gateway:
         token = str(token or "")
         return (token[4:] if token.startswith("Bot ") else token) == self.settings.token
 
+    async def _refuse(self, conn: GatewayConnection, code: int, reason: str) -> None:
+        self.refusals.append(Refusal("GATEWAY", "/gateway", code, code, reason))
+        await conn.close(code, reason.encode())
+
     async def _identify(self, conn: GatewayConnection, data: dict[str, Any]) -> GatewaySession | None:
         if not self._token_ok(data.get("token")):
-            await conn.close(4004, b"Authentication failed.")
+            await self._refuse(conn, 4004, "Authentication failed.")
+            return None
+        refusal = identify_refusal(data, enabled_privileged=self.settings.privileged_intents)
+        if refusal is not None:
+            await self._refuse(conn, *refusal)
             return None
         self.identify_count += 1
         session = GatewaySession(secrets.token_hex(16), shard=data.get("shard"), intents=data.get("intents", 0))
         session.connection = conn
         self.sessions[session.session_id] = session
         world = self.world
+        guilds: list[Guild] = [g for g in world.guilds.values() if session.owns(g.id)]
         ready: dict[str, Any] = {
             "v": 10, "user": world.bot_user.payload() | {"verified": True, "mfa_enabled": False},
-            "guilds": [{"id": str(g), "unavailable": True} for g in world.guilds],
+            "guilds": [{"id": str(g.id), "unavailable": True} for g in guilds],
             "session_id": session.session_id, "resume_gateway_url": self.settings.gateway_url,
             "session_type": "normal", "application": {"id": str(world.application_id), "flags": 0},
             "private_channels": [], "relationships": [], "presences": [], "guild_join_requests": [],
@@ -225,8 +279,9 @@ class Gateway:
             "shard": session.shard or [0, 1], "_trace": ["localdiscord"],
         }
         session.dispatch("READY", ready)
-        for guild in world.guilds.values():
-            session.dispatch("GUILD_CREATE", guild.payload(full=True))
+        for guild in guilds:
+            session.dispatch("GUILD_CREATE", self._as_seen_by(session, "GUILD_CREATE", guild.payload(full=True),
+                                                              guild.id))
         self.hub.waiter.notify()
         return session
 

@@ -471,6 +471,27 @@ class RestCall:
     files: list[str] = field(default_factory=list)
 
 
+@dataclass
+class Refusal:
+    """A request (or gateway IDENTIFY) the local server refused the way Discord would.
+
+    ``method`` is ``"GATEWAY"`` for a closed websocket, with ``status`` the close code; ``errors`` is the
+    50035 field tree when there is one.
+    """
+
+    method: str
+    path: str
+    status: int
+    code: int
+    message: str
+    errors: dict[str, Any] | None = None
+    time: float = field(default_factory=time.time)
+
+    def __str__(self) -> str:
+        errors = f" {self.errors}" if self.errors else ""
+        return f"{self.method} {self.path} -> {self.status} code {self.code}: {self.message}{errors}"
+
+
 class Waiter:
     """Wakes coroutines waiting for a state change (``asyncio.Condition`` without the lock ceremony).
 

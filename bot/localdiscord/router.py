@@ -18,7 +18,7 @@ from aiohttp import web
 
 from bot.localdiscord.errors import DiscordError, error_response
 from bot.localdiscord.faults import Faults, compile_path_pattern
-from bot.localdiscord.models import RestCall, Upload, Waiter
+from bot.localdiscord.models import Refusal, RestCall, Upload, Waiter
 from bot.localdiscord.settings import ServerSettings
 
 _log = logging.getLogger(__name__)
@@ -50,12 +50,14 @@ class Route:
 
 
 class Router:
-    """Matches ``/api/v10/...`` requests to handlers and records every call in :attr:`rest_log`."""
+    """Matches ``/api/v10/...`` requests to handlers and records every call in :attr:`rest_log`, and every
+    4xx it answered (injected faults aside) in ``refusals``."""
 
-    def __init__(self, settings: ServerSettings, faults: Faults, waiter: Waiter) -> None:
+    def __init__(self, settings: ServerSettings, faults: Faults, waiter: Waiter, refusals: list[Refusal]) -> None:
         self.settings = settings
         self.faults = faults
         self.waiter = waiter
+        self.refusals = refusals
         self.routes: list[Route] = []
         self.rest_log: list[RestCall] = []
         self.unknown_routes: list[tuple[str, str]] = []
@@ -93,13 +95,11 @@ class Router:
             if match is None or route is None:
                 self.unknown_routes.append((method, sub))
                 _log.warning("localdiscord: unknown route %s %s", method, request.path)
-                call.status = 404
-                return error_response(404, 0, "404: Not Found")
+                raise DiscordError(404, 0, "404: Not Found")
             auth = request.headers.get("Authorization")
             needs_auth = route.auth == "bot" or (route.auth == "webhook" and auth is not None)
             if needs_auth and auth != f"Bot {self.settings.token}":
-                call.status = 401
-                return error_response(401, 0, "401: Unauthorized")
+                raise DiscordError(401, 0, "401: Unauthorized")
             fault = self.faults.take(method, sub)
             if fault is not None:
                 call.status = fault.status
@@ -109,6 +109,9 @@ class Router:
             response = await route.handler(Call(request, params, body, files))
         except DiscordError as exc:
             response = error_response(exc.status, exc.code, exc.message, exc.errors)
+            if 400 <= exc.status < 500:
+                self.refusals.append(Refusal(method, sub, exc.status, exc.code, exc.message, exc.errors))
+                _log.info("localdiscord refused %s", self.refusals[-1])
         except Exception:
             _log.exception("localdiscord: handler for %s %s failed", method, sub)
             response = error_response(500, 0, "500: Internal Server Error")

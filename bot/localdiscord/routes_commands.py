@@ -1,4 +1,7 @@
-"""REST routes for application commands, global and per guild (list, bulk overwrite, create, edit, delete)."""
+"""REST routes for application commands, global and per guild (list, bulk overwrite, create, edit, delete).
+
+Every body is checked against Discord's registration rules (``rules/commands.py``) before anything is stored.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from aiohttp import web
 from bot.localdiscord.errors import DiscordError, as_int, json_response, no_content, unknown
 from bot.localdiscord.models import snowflake
 from bot.localdiscord.router import Call, Router
+from bot.localdiscord.rules.commands import check_bulk, check_count, check_single
 from bot.localdiscord.world import World
 
 CommandStore = dict[int, dict[str, Any]]
@@ -41,10 +45,7 @@ class CommandRoutes:
 
     def _normalise(self, data: dict[str, Any], guild_id: int | None, existing: dict[str, Any] | None
                    ) -> dict[str, Any]:
-        """The stored form of a command body: Discord's defaults filled in, a stable id, a new version."""
-        if not isinstance(data, dict) or not data.get("name"):
-            raise DiscordError(400, 50035, "Invalid Form Body", {"name": {"_errors": [
-                {"code": "BASE_TYPE_REQUIRED", "message": "required"}]}})
+        """The stored form of a (checked) command body: Discord's defaults filled in, a stable id, a new version."""
         command = dict(data)
         command.setdefault("type", 1)
         command.setdefault("description", "")
@@ -67,8 +68,7 @@ class CommandRoutes:
 
     async def put_commands(self, call: Call) -> web.Response:
         store, guild_id = self._store(call)
-        if not isinstance(call.json, list):
-            raise DiscordError(400, 50035, "Invalid Form Body")
+        check_bulk(call.json)
         by_key = {(c["name"], c["type"]): c for c in store.values()}
         new: CommandStore = {}
         for data in call.json:
@@ -81,8 +81,11 @@ class CommandRoutes:
     async def post_command(self, call: Call) -> web.Response:
         store, guild_id = self._store(call)
         data = call.json or {}
+        check_single(data)
         existing = next((c for c in store.values()
                          if c["name"] == data.get("name") and c["type"] == data.get("type", 1)), None)
+        if existing is None:
+            check_count([*store.values(), data])
         command = self._normalise(data, guild_id, existing)
         store[int(command["id"])] = command
         return json_response(command, status=200 if existing else 201)
@@ -99,7 +102,9 @@ class CommandRoutes:
 
     async def patch_command(self, call: Call) -> web.Response:
         store, command, guild_id = self._find(call)
-        updated = self._normalise({**command, **(call.json or {})}, guild_id, command)
+        merged = {**command, **(call.json or {})}
+        check_single(merged)
+        updated = self._normalise(merged, guild_id, command)
         store[int(updated["id"])] = updated
         return json_response(updated)
 

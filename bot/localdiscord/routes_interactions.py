@@ -15,6 +15,13 @@ from bot.localdiscord.errors import DiscordError, as_int, json_response, jsonabl
 from bot.localdiscord.messages import MessageWriter
 from bot.localdiscord.models import EPHEMERAL, LOADING, Interaction, Message
 from bot.localdiscord.router import Call, Router
+from bot.localdiscord.rules.callbacks import (
+    already_acknowledged,
+    check_autocomplete,
+    check_callback_type,
+    check_modal,
+)
+from bot.localdiscord.rules.messages import INTERACTION_MESSAGE_FLAGS
 from bot.localdiscord.settings import ServerSettings
 from bot.localdiscord.world import World
 
@@ -42,43 +49,43 @@ class InteractionRoutes:
         if interaction is None or interaction.token != call.params["token"]:
             raise unknown("interaction", 10062)
         if interaction.acknowledged:
-            raise DiscordError(400, 40060, "Interaction has already been acknowledged.")
+            raise already_acknowledged()
         now = time.monotonic()
         if now - interaction.created_monotonic > self.settings.ack_deadline_seconds:
             interaction.late_callback = True
             world.hub.waiter.notify()
             raise unknown("interaction", 10062)
         body = call.json or {}
-        kind = int(body.get("type", 0))
+        kind = body.get("type")
         data = body.get("data") or {}
+        check_callback_type(kind, interaction.type, has_message=interaction.component_message_id is not None)
         channel = interaction.channel
         message: Message | None = None
         if kind == 4:
-            message = self.writer.create(channel, data, call.files, interaction=interaction, webhook=True)
+            message = self.writer.create(channel, data, call.files, allowed_flags=INTERACTION_MESSAGE_FLAGS,
+                                         where=("data",), interaction=interaction, webhook=True)
             register_original(interaction, message)
             world.publish_create(message)
         elif kind == 5:
+            self.writer.check({"flags": data.get("flags")}, [], allowed_flags=INTERACTION_MESSAGE_FLAGS,
+                              where=("data",))
             flags = LOADING | (int(data.get("flags") or 0) & EPHEMERAL)
-            message = self.writer.create(channel, {}, [], flags=flags, interaction=interaction, webhook=True,
-                                         allow_empty=True)
+            message = self.writer.create(channel, {}, [], allowed_flags=0, flags=flags, interaction=interaction,
+                                         webhook=True, allow_empty=True)
             register_original(interaction, message)
             world.publish_create(message)
         elif kind in (6, 7):
-            if interaction.component_message_id is None:
-                raise DiscordError(400, 40060 if kind == 6 else 50035,
-                                   "Interaction callback type only valid for component interactions")
-            message = world.messages[interaction.component_message_id]
-            register_original(interaction, message)
+            message = world.messages[interaction.component_message_id]  # type: ignore[index]
             if kind == 7:
-                self.writer.edit(message, data, call.files)
+                self.writer.edit(message, data, call.files, where=("data",))
                 world.publish_update(message)
+            register_original(interaction, message)
         elif kind == 8:
+            check_autocomplete(data)
             interaction.autocomplete_choices = list(data.get("choices") or [])
         elif kind == 9:
+            check_modal(data)
             interaction.modal = data
-        elif kind != 1:
-            raise DiscordError(400, 50035, "Invalid Form Body", {"type": {"_errors": [
-                {"code": "BASE_TYPE_CHOICES", "message": f"Value must be one of (1, 4, 5, 6, 7, 8, 9), got {kind}"}]}})
         interaction.acked_monotonic = now
         interaction.response_type = kind
         interaction.response_data = data
@@ -137,15 +144,16 @@ class InteractionRoutes:
         interaction = self._interaction(call)
         payload = call.json or {}
         original = interaction.original
+        self.writer.check(payload, call.files, allowed_flags=INTERACTION_MESSAGE_FLAGS)
         if original is not None and original.loading and not original.deleted:
             # Discord: the first followup after a deferred (type 5) response replaces the "thinking" message,
             # keeping the defer's ephemerality.
-            self.writer.edit(original, {"attachments": [], **payload}, call.files)
+            self.writer.edit(original, {"attachments": [], **payload}, call.files, checked=True)
             self.world.publish_update(original)
             message = original
         else:
             message = self.writer.create(interaction.channel, payload, call.files, interaction=interaction,
-                                         webhook=True)
+                                         allowed_flags=INTERACTION_MESSAGE_FLAGS, webhook=True, checked=True)
             interaction.message_ids.append(message.id)
             self.world.publish_create(message)
         if call.query.get("wait") in ("0", "false", "False"):

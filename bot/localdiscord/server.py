@@ -12,6 +12,11 @@ For brevity the server re-exposes the names tests use (``server.send_command``, 
 ``server.fail_route``...). The bot reaches it only through ``configure_endpoints(server.api_base_url,
 server.gateway_url)`` and its token.
 
+It refuses what real Discord refuses (``rules/``): malformed command registrations, message bodies over
+Discord's limits, uploads too large, callbacks that do not fit the interaction, actions the bot's permissions
+do not allow, unknown emoji, IDENTIFYs with intents the app may not use; each refusal is recorded in
+:attr:`refusals`.
+
 Discord rules kept because the bot must cope with them: the ``Authorization: Bot <token>`` header, an
 interaction must be acknowledged within 3 s (else 404 code 10062), interaction tokens expire after 15 min
 (401 code 50027), 429s carry ``retry_after`` and ``X-RateLimit-*``/``Retry-After`` headers, ephemeral
@@ -31,7 +36,7 @@ from bot.localdiscord.events import EventHub
 from bot.localdiscord.faults import Faults
 from bot.localdiscord.gateway import Gateway
 from bot.localdiscord.messages import MessageWriter
-from bot.localdiscord.models import Channel, Interaction, Message, Waiter
+from bot.localdiscord.models import Channel, Interaction, Message, Refusal, Waiter
 from bot.localdiscord.router import Router
 from bot.localdiscord.routes_app import AppRoutes
 from bot.localdiscord.routes_commands import CommandRoutes
@@ -61,19 +66,24 @@ class LocalDiscordServer:
         ack_deadline_seconds: float = 3.0,
         heartbeat_interval_ms: int = 41250,
         attachment_size_limit: int = 10 * 1024 * 1024,
+        request_size_limit: int = 25 * 1024 * 1024,
+        privileged_intents: int = 0,
         bot_name: str = "imagine-bot",
         populate: bool = True,
     ) -> None:
         self.settings = ServerSettings(token=token, host=host, port=port, token_ttl_seconds=token_ttl_seconds,
                                        ack_deadline_seconds=ack_deadline_seconds,
                                        heartbeat_interval_ms=heartbeat_interval_ms,
-                                       attachment_size_limit=attachment_size_limit)
+                                       attachment_size_limit=attachment_size_limit,
+                                       request_size_limit=request_size_limit, privileged_intents=privileged_intents)
+        # Every request or IDENTIFY refused the way Discord would (assert it stays empty in bot tests).
+        self.refusals: list[Refusal] = []
         self.waiter = Waiter(context=lambda: self.router.recent())
         self.hub = EventHub(self.waiter)
         self.world = World(self.settings, self.hub, bot_name=bot_name)
-        self.gateway = Gateway(self.settings, self.world, self.hub)
+        self.gateway = Gateway(self.settings, self.world, self.hub, self.refusals)
         self.faults = Faults()
-        self.router = Router(self.settings, self.faults, self.waiter)
+        self.router = Router(self.settings, self.faults, self.waiter, self.refusals)
         writer = MessageWriter(self.world, self.settings)
         for routes in (AppRoutes(self.world, self.settings), CommandRoutes(self.world),
                        MessageRoutes(self.world, writer), GuildRoutes(self.world),
@@ -96,7 +106,9 @@ class LocalDiscordServer:
             self.guild, self.admin = world.guild, world.admin
             self.general, self.art, self.nsfw_channel = world.general, world.art, world.nsfw_channel
         self.add_user, self.add_guild, self.add_role = world.add_user, world.add_guild, world.add_role
-        self.add_channel, self.add_member = world.add_channel, world.add_member
+        self.add_channel, self.add_member, self.add_emoji = world.add_channel, world.add_member, world.add_emoji
+        self.permissions_in, self.withhold_permission, self.grant_permission, self.clear_overwrites = (
+            world.permissions_in, world.withhold_permission, world.grant_permission, world.clear_overwrites)
         self.channel_by_name, self.get_member, self.find_command = (
             world.channel_by_name, world.get_member, world.find_command)
         self.store_attachment, self.bot_messages = world.store_attachment, world.bot_messages
@@ -150,6 +162,15 @@ class LocalDiscordServer:
     @property
     def attachment_size_limit(self) -> int:
         return self.settings.attachment_size_limit
+
+    @property
+    def privileged_intents(self) -> int:
+        """GUILD_MEMBERS (1 << 1), GUILD_PRESENCES (1 << 8), MESSAGE_CONTENT (1 << 15) enabled for the app."""
+        return self.settings.privileged_intents
+
+    @privileged_intents.setter
+    def privileged_intents(self, value: int) -> None:
+        self.settings.privileged_intents = value
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -15,6 +15,7 @@ from bot.localdiscord.events import EventHub
 from bot.localdiscord.models import (
     Attachment,
     Channel,
+    Emoji,
     Guild,
     Interaction,
     Member,
@@ -24,10 +25,14 @@ from bot.localdiscord.models import (
     emoji_payload,
     snowflake,
 )
-from bot.localdiscord.permissions import ADMINISTRATOR, EVERYONE_PERMISSIONS, MANAGE_GUILD, MANAGE_MESSAGES
+from bot.localdiscord.permissions import (
+    ADMINISTRATOR,
+    ALL_PERMISSIONS,
+    EVERYONE_PERMISSIONS,
+    INVITE_PERMISSIONS,
+    MANAGE_GUILD,
+)
 from bot.localdiscord.settings import ServerSettings
-
-BOT_ROLE_PERMISSIONS = EVERYONE_PERMISSIONS | MANAGE_MESSAGES
 
 
 class World:
@@ -84,7 +89,7 @@ class World:
         owner = owner or self.add_user(f"{name.lower().replace(' ', '-')}-owner")
         guild = Guild(snowflake(), name, owner.id)
         guild.roles.append(Role(guild.id, "@everyone", EVERYONE_PERMISSIONS, position=0))
-        bot_role = Role(snowflake(), self.bot_user.username, BOT_ROLE_PERMISSIONS, position=2, managed=True,
+        bot_role = Role(snowflake(), self.bot_user.username, INVITE_PERMISSIONS, position=2, managed=True,
                         bot_id=self.bot_user.id)
         guild.roles.append(bot_role)
         guild.members[owner.id] = Member(owner, guild.id)
@@ -120,6 +125,64 @@ class World:
         self.members.setdefault(username, member)
         self.hub.dispatch("GUILD_MEMBER_ADD", {**member.payload(), "guild_id": str(guild.id)}, guild.id)
         return member
+
+    def add_emoji(self, guild: Guild, name: str) -> Emoji:
+        """A custom emoji of ``guild``; react with it as ``f"{name}:{id}"`` (the REST path form)."""
+        emoji = Emoji(snowflake(), name)
+        guild.emojis.append(emoji)
+        self.hub.dispatch("GUILD_EMOJIS_UPDATE", {"guild_id": str(guild.id),
+                                                  "emojis": [e.payload() for e in guild.emojis]}, guild.id)
+        return emoji
+
+    # ------------------------------------------------------------------ permissions
+
+    def permissions_in(self, channel: Channel, member: Member | None = None) -> int:
+        """``member``'s (default: the bot's) permissions in ``channel`` after overwrites; all of them in a DM."""
+        guild = self.guild_of(channel)
+        if guild is None:
+            return ALL_PERMISSIONS
+        member = member or guild.members[self.bot_user.id]
+        return guild.permissions_in(member, channel)
+
+    def withhold_permission(self, permissions: int, channel: Channel | None = None, *,
+                            member: Member | None = None) -> None:
+        """Deny ``permissions`` to ``member`` (default: the bot) with a member overwrite in ``channel`` (default:
+        every channel of the default guild), as an admin would in the channel's settings."""
+        self._overwrite(permissions, channel, member, allow=False)
+
+    def grant_permission(self, permissions: int, channel: Channel | None = None, *,
+                         member: Member | None = None) -> None:
+        """Allow ``permissions`` to ``member`` (default: the bot) with a member overwrite in ``channel`` (default:
+        every channel of the default guild), e.g. ``MANAGE_MESSAGES`` which the invite does not ask for."""
+        self._overwrite(permissions, channel, member, allow=True)
+
+    def clear_overwrites(self, channel: Channel | None = None, *, member: Member | None = None) -> None:
+        """Remove ``member``'s (default: the bot's) overwrites in ``channel`` (default: every channel)."""
+        for target in self._overwrite_channels(channel):
+            member_id = (member or self.guilds[target.guild_id].members[self.bot_user.id]).id  # type: ignore[index]
+            if target.overwrites.pop(member_id, None) is not None:
+                target.overwrite_types.pop(member_id, None)
+                self.hub.dispatch("CHANNEL_UPDATE", target.payload(), target.guild_id)
+
+    def _overwrite_channels(self, channel: Channel | None) -> list[Channel]:
+        if channel is not None:
+            if channel.guild_id is None:
+                raise ValueError("a DM channel has no permission overwrites")
+            return [channel]
+        return list(self.guild.channels)
+
+    def _overwrite(self, permissions: int, channel: Channel | None, member: Member | None, *, allow: bool) -> None:
+        for target in self._overwrite_channels(channel):
+            guild = self.guilds[target.guild_id]  # type: ignore[index]
+            who = member or guild.members[self.bot_user.id]
+            allowed, denied = target.overwrites.get(who.id, (0, 0))
+            if allow:
+                allowed, denied = allowed | permissions, denied & ~permissions
+            else:
+                allowed, denied = allowed & ~permissions, denied | permissions
+            target.overwrites[who.id] = (allowed, denied)
+            target.overwrite_types[who.id] = 1
+            self.hub.dispatch("CHANNEL_UPDATE", target.payload(), guild.id)
 
     # ------------------------------------------------------------------ looking things up
 
@@ -165,6 +228,10 @@ class World:
         if found is None or found.deleted:
             raise LookupError(f"no message {message!r}")
         return found
+
+    def custom_emoji_ids(self) -> set[int]:
+        """Every custom emoji of a guild the bot is in (the ones it may react with)."""
+        return {e.id for g in self.guilds.values() if self.bot_user.id in g.members for e in g.emojis}
 
     def bot_messages(self, *, channel: Channel | int | None = None, include_deleted: bool = False) -> list[Message]:
         """Messages the bot created (channel messages, interaction responses, followups), oldest first."""
