@@ -158,22 +158,24 @@ class World:
 
     def clear_overwrites(self, channel: Channel | None = None, *, member: Member | None = None) -> None:
         """Remove ``member``'s (default: the bot's) overwrites in ``channel`` (default: every channel)."""
-        for target in self._overwrite_channels(channel):
-            member_id = (member or self.guilds[target.guild_id].members[self.bot_user.id]).id  # type: ignore[index]
-            if target.overwrites.pop(member_id, None) is not None:
-                target.overwrite_types.pop(member_id, None)
-                self.hub.dispatch("CHANNEL_UPDATE", target.payload(), target.guild_id)
+        for target, guild in self._overwrite_targets(channel):
+            who = member or guild.members[self.bot_user.id]
+            if target.overwrites.pop(who.id, None) is not None:
+                target.overwrite_types.pop(who.id, None)
+                self.hub.dispatch("CHANNEL_UPDATE", target.payload(), guild.id)
 
-    def _overwrite_channels(self, channel: Channel | None) -> list[Channel]:
-        if channel is not None:
-            if channel.guild_id is None:
+    def _overwrite_targets(self, channel: Channel | None) -> list[tuple[Channel, Guild]]:
+        channels = [channel] if channel is not None else list(self.guild.channels)
+        targets = []
+        for target in channels:
+            guild = self.guild_of(target)
+            if guild is None:
                 raise ValueError("a DM channel has no permission overwrites")
-            return [channel]
-        return list(self.guild.channels)
+            targets.append((target, guild))
+        return targets
 
     def _overwrite(self, permissions: int, channel: Channel | None, member: Member | None, *, allow: bool) -> None:
-        for target in self._overwrite_channels(channel):
-            guild = self.guilds[target.guild_id]  # type: ignore[index]
+        for target, guild in self._overwrite_targets(channel):
             who = member or guild.members[self.bot_user.id]
             allowed, denied = target.overwrites.get(who.id, (0, 0))
             if allow:
