@@ -123,7 +123,6 @@ class LocalDiscordServer:
         self.events, self.subscribe, self.wait_for_event = self.hub.events, self.hub.subscribe, \
             self.hub.wait_for_event
         self.wait_until = self.waiter.until
-        self._wait_until = self.waiter.until  # the old name; tests/bot/test_app.py still uses it
         # Faults.
         self.fail_route, self.clear_faults = self.faults.fail_route, self.faults.clear
         self.drop_gateway, self.invalidate_session = self.gateway.drop, self.gateway.invalidate_sessions

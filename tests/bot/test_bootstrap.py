@@ -178,7 +178,7 @@ async def test_sigterm_shuts_down_in_order(tmp_path: Path) -> None:
         settings = bot_settings(server, tmp_path)
         task = asyncio.create_task(bootstrap.run_bot(settings))
         await server.wait_until_connected(timeout=120)
-        await server._wait_until(lambda: server.find_command("imagine", server.guild.id), 30, "command sync")
+        await server.wait_until(lambda: server.find_command("imagine", server.guild.id), 30, "command sync")
         os.kill(os.getpid(), signal.SIGTERM)
         assert await asyncio.wait_for(task, 60) == 0
         loop = asyncio.get_running_loop()

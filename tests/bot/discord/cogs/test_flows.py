@@ -127,7 +127,7 @@ async def test_buttons_parameters_rerun_and_delete(world: World) -> None:
     assert not world.server.messages[result.id].deleted
     allowed = await world.server.press_button(world.member("alice"), result, f"imagine:delete:{job_id}")
     await allowed.wait_for_ack(timeout=3)
-    await world.server._wait_until(lambda: world.server.messages[result.id].deleted, 10, "deletion")
+    await world.server.wait_until(lambda: world.server.messages[result.id].deleted, 10, "deletion")
 
 
 async def test_reaction_rerun_is_a_channel_message_with_mention(world: World) -> None:
@@ -140,7 +140,7 @@ async def test_reaction_rerun_is_a_channel_message_with_mention(world: World) ->
     child = await repository.get_job(world.db, _job_id(rerun))
     assert child.parent_job_id == parent and child.interaction_token is None and child.params.seed != 9
     # The short "queued" note was removed once the result mentioned the member.
-    await world.server._wait_until(
+    await world.server.wait_until(
         lambda: not [m for m in world.server.bot_messages() if "rerun of job" in m.content], 10, "note removal")
 
 
@@ -156,7 +156,7 @@ async def test_reaction_refusal_is_short_lived(world: World, monkeypatch: pytest
         refusal = await world.server.wait_for_message(
             lambda m: f"<@{carol.id}>" in m.content and "refused" in m.content, timeout=20)
         assert "orange" not in refusal.content
-        await world.server._wait_until(lambda: world.server.messages[refusal.id].deleted, 10, "refusal removal")
+        await world.server.wait_until(lambda: world.server.messages[refusal.id].deleted, 10, "refusal removal")
     finally:
         await repository.remove_blocked_terms(world.db, world.server.guild.id, ["orange"])
 
