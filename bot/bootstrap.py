@@ -54,7 +54,7 @@ async def build_services(settings: Settings, *, model: LoadedModel | None = None
     Raises :class:`generation.loading.ModelLoadError` (with a message for the admin) when it cannot be loaded.
     ``clock`` (a :class:`bot.timers.clock.Clock`) lets tests drive contest deadlines; default: real time.
     """
-    content_filter = ContentFilter(settings.content_filter.blocked_terms, settings.content_filter.regex_rules)
+    content_filter = ContentFilter.from_settings(settings.content_filter)
     if settings.database.auto_upgrade:
         await upgrade_to_head(settings.database.url)  # runs Alembic in a thread
     db = Database.connect(settings.database.url)

@@ -7,11 +7,13 @@ storage, filter and limiter; the cogs turn its :class:`Refusal` into an ephemera
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from bot.gate.filter_settings import GuildFilterSettings, guild_filter_settings
 from bot.gate.rate_limits import RateLimited
 from bot.gate.refusals import refusal_message
 from bot.services import Services
@@ -97,22 +99,22 @@ async def submit(services: Services, options: Options, origin: Origin) -> Accept
     except RequestError as exc:
         return Refusal("invalid", refusal_message("invalid", message=exc.message), details={"message": exc.message})
 
-    guild_terms: tuple[str, ...] = ()
+    guild = GuildFilterSettings()
     if origin.guild_id is not None:
-        guild_terms = (await repository.get_guild_settings(services.db, origin.guild_id)).blocked_terms
-    for text in (request.prompt, request.negative_prompt):
-        if not text:
-            continue
-        verdict = services.content_filter.check(text, guild_terms)
-        if not verdict.allowed:
-            await repository.record_moderation_event(
-                services.db, guild_id=origin.guild_id, channel_id=origin.channel_id, user_id=origin.user_id,
-                prompt=text, category=verdict.category, rule=verdict.rule, source=origin.source,
-            )
-            log.info("prompt refused by the content filter", extra={
-                "user": origin.user_id, "guild": origin.guild_id, "category": verdict.category})
-            return Refusal("filtered", refusal_message("filtered", category=verdict.category),
-                           details={"category": verdict.category})
+        guild = await guild_filter_settings(services.db, origin.guild_id)
+    # The filter is CPU work (ICU, RE2, loops over the prompt): never on the event loop.
+    verdict = await asyncio.to_thread(services.content_filter.check_request, request.prompt, request.negative_prompt,
+                                      guild.blocked_terms, default_rules=guild.default_rules)
+    if not verdict.allowed:
+        refused_text = request.negative_prompt if verdict.field == "negative_prompt" else request.prompt
+        await repository.record_moderation_event(
+            services.db, guild_id=origin.guild_id, channel_id=origin.channel_id, user_id=origin.user_id,
+            prompt=refused_text, category=verdict.category, rule=verdict.rule, source=origin.source,
+        )
+        log.info("prompt refused by the content filter", extra={
+            "user": origin.user_id, "guild": origin.guild_id, "category": verdict.category})
+        return Refusal("filtered", refusal_message("filtered", category=verdict.category),
+                       details={"category": verdict.category})
 
     try:
         reservation = await services.rate_limiter.reserve(
