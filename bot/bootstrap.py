@@ -20,7 +20,7 @@ from typing import Any
 
 from bot.clock import Clock
 from bot.config import Settings
-from bot.contests.service import build_contest_service
+from bot.contests.service import ContestService
 from bot.discord.client import ImagineBot, ShardedImagineBot, create_bot
 from bot.discord.endpoints import configure_endpoints
 from bot.gate.content_filter import ContentFilter
@@ -54,7 +54,7 @@ async def build_services(settings: Settings, *, model: LoadedModel | None = None
     Raises :class:`generation.loading.ModelLoadError` (with a message for the admin) when it cannot be loaded.
     ``clock`` (a :class:`bot.clock.Clock`) lets tests drive contest deadlines; default: real time.
     """
-    content_filter = ContentFilter(settings.content_filter.blocked_terms, settings.content_filter.regex_rules)
+    content_filter = ContentFilter.from_settings(settings.content_filter)
     if settings.database.auto_upgrade:
         await upgrade_to_head(settings.database.url)  # runs Alembic in a thread
     db = Database.connect(settings.database.url)
@@ -86,7 +86,7 @@ async def build_services(settings: Settings, *, model: LoadedModel | None = None
         journal = JobJournal(db, worker, images_dir, info.name)
         rate_limiter = RateLimiter(db, settings.rate_limits)
         log.info("content filter: %d global term(s), %d rule(s)", content_filter.term_count, content_filter.rule_count)
-        contests = build_contest_service(db, content_filter=content_filter, images_dir=images_dir, clock=clock)
+        contests = ContestService(db, clock=clock, content_filter=content_filter, images_dir=images_dir)
         return Services(settings=settings, db=db, model=info, engine=engine, worker=worker, journal=journal,
                         content_filter=content_filter, rate_limiter=rate_limiter, safety_checker=safety_checker,
                         images_dir=images_dir, contests=contests)

@@ -7,6 +7,7 @@ storage, filter and limiter; the cogs turn its :class:`Refusal` into an ephemera
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -103,22 +104,25 @@ async def submit(gate: Gate, options: Options, origin: Origin) -> Accepted | Ref
     except RequestError as exc:
         return Refusal("invalid", refusal_message("invalid", message=exc.message), details={"message": exc.message})
 
-    guild_terms: tuple[str, ...] = ()
+    terms: tuple[str, ...] = ()
+    default_rules: bool | None = None
     if origin.guild_id is not None:
-        guild_terms = (await repository.get_guild_settings(gate.db, origin.guild_id)).blocked_terms
-    for text in (request.params.prompt, request.params.negative_prompt):
-        if not text:
-            continue
-        verdict = gate.content_filter.check(text, guild_terms)
-        if not verdict.allowed:
-            await repository.record_moderation_event(
-                gate.db, guild_id=origin.guild_id, channel_id=origin.channel_id, user_id=origin.user_id,
-                prompt=text, category=verdict.category, rule=verdict.rule, source=origin.source,
-            )
-            log.info("prompt refused by the content filter", extra={
-                "user": origin.user_id, "guild": origin.guild_id, "category": verdict.category})
-            return Refusal("filtered", refusal_message("filtered", category=verdict.category),
-                           details={"category": verdict.category})
+        guild = await repository.get_guild_settings(gate.db, origin.guild_id)
+        terms, default_rules = guild.blocked_terms, guild.default_filter_rules
+    # The filter is CPU work (ICU, RE2, loops over the prompt): never on the event loop.
+    prompt, negative = request.params.prompt, request.params.negative_prompt
+    verdict = await asyncio.to_thread(gate.content_filter.check_request, prompt, negative,
+                                      terms, default_rules=default_rules)
+    if not verdict.allowed:
+        refused_text = negative if verdict.field == "negative_prompt" else prompt
+        await repository.record_moderation_event(
+            gate.db, guild_id=origin.guild_id, channel_id=origin.channel_id, user_id=origin.user_id,
+            prompt=refused_text, category=verdict.category, rule=verdict.rule, source=origin.source,
+        )
+        log.info("prompt refused by the content filter", extra={
+            "user": origin.user_id, "guild": origin.guild_id, "category": verdict.category})
+        return Refusal("filtered", refusal_message("filtered", category=verdict.category),
+                       details={"category": verdict.category})
 
     try:
         reservation = await gate.rate_limiter.reserve(

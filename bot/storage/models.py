@@ -55,6 +55,8 @@ class GuildSettings(Base):
     window_seconds: Mapped[int | None] = mapped_column(Integer)
     max_queued_per_user: Mapped[int | None] = mapped_column(Integer)
     contest_channel_id: Mapped[int | None] = mapped_column(BigInteger)
+    # The shipped content rules for this guild: None follows content_filter.default_rules (bot/gate/content_filter.py).
+    default_filter_rules: Mapped[bool | None] = mapped_column(Boolean)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 

@@ -65,6 +65,7 @@ class GuildSettingsRecord:
     window_seconds: int | None
     max_queued_per_user: int | None
     contest_channel_id: int | None
+    default_filter_rules: bool | None = None  # the shipped content rules; None: content_filter.default_rules decides
 
 
 @dataclass(frozen=True)

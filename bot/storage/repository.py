@@ -388,11 +388,13 @@ async def moderation_events(db: Database, guild_id: int | None, limit: int = 20)
 def _guild(row: GuildSettings | None, guild_id: int) -> GuildSettingsRecord:
     if row is None:
         return GuildSettingsRecord(guild_id=guild_id, blocked_terms=(), nsfw_policy=None, images_per_window=None,
-                                   window_seconds=None, max_queued_per_user=None, contest_channel_id=None)
+                                   window_seconds=None, max_queued_per_user=None, contest_channel_id=None,
+                                   default_filter_rules=None)
     return GuildSettingsRecord(
         guild_id=row.guild_id, blocked_terms=tuple(row.blocked_terms or ()), nsfw_policy=row.nsfw_policy,
         images_per_window=row.images_per_window, window_seconds=row.window_seconds,
         max_queued_per_user=row.max_queued_per_user, contest_channel_id=row.contest_channel_id,
+        default_filter_rules=row.default_filter_rules,
     )
 
 
@@ -413,6 +415,7 @@ async def update_guild_settings(
     window_seconds: int | None = UNSET,
     max_queued_per_user: int | None = UNSET,
     contest_channel_id: int | None = UNSET,
+    default_filter_rules: bool | None = UNSET,
 ) -> GuildSettingsRecord:
     """Change what is given (``None`` clears an override); blocked terms are trimmed, de-duplicated, sorted."""
     async with db.session(write=True) as session:
@@ -431,7 +434,8 @@ async def update_guild_settings(
         row.blocked_terms = sorted(t for t in terms if t.casefold() not in removed)
         for name, value in (("nsfw_policy", nsfw_policy), ("images_per_window", images_per_window),
                             ("window_seconds", window_seconds), ("max_queued_per_user", max_queued_per_user),
-                            ("contest_channel_id", contest_channel_id)):
+                            ("contest_channel_id", contest_channel_id),
+                            ("default_filter_rules", default_filter_rules)):
             if value is not UNSET:
                 setattr(row, name, value)
         row.updated_at = utcnow()

@@ -15,6 +15,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.gate.content_filter import term_key
 from bot.storage import repository
 from bot.storage.records import GuildSettingsRecord
 from bot.text import MESSAGE_CONTENT_LIMIT, truncate
@@ -49,6 +50,9 @@ def settings_summary(record: GuildSettingsRecord, settings: Any) -> str:
 
     lines = [
         f"Blocked terms: **{len(record.blocked_terms)}** (`/settings blocked list` shows them)",
+        "Shipped content rules: " + show(None if record.default_filter_rules is None
+                                         else ("on" if record.default_filter_rules else "off"),
+                                         "on" if cf.default_rules else "off"),
         f"NSFW policy override: {show(record.nsfw_policy, 'none')} — config: {cf.nsfw_policy} "
         f"(NSFW channels: {cf.nsfw_channel_policy})",
         f"Images per window: {show(record.images_per_window, limits.images_per_window)}",
@@ -82,8 +86,6 @@ class Admin(commands.Cog):
     @app_commands.describe(term="word or phrase to refuse")
     async def blocked_add(self, interaction: discord.Interaction,
                           term: app_commands.Range[str, 1, MAX_TERM_CHARS]) -> None:
-        from bot.gate.content_filter import term_key
-
         await interaction.response.defer(ephemeral=True, thinking=True)
         if not term_key(term):
             await self._reply(interaction, "That term has no letters or digits, so it could never match.")
@@ -135,6 +137,19 @@ class Admin(commands.Cog):
         note = "" if self.services.safety_checker is not None else (
             "\nNote: no safety checker is configured for this bot, so nothing is flagged yet.")
         await self._reply(interaction, f"NSFW policy set to **{policy}**.{note}")
+
+    @settings_group.command(name="rules", description="Whether the bot's shipped content rules apply here")
+    @app_commands.check(admin_check)
+    @app_commands.describe(apply="on or off for this server; default follows the bot's config")
+    async def rules(self, interaction: discord.Interaction, apply: Literal["on", "off", "default"]) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        value = {"on": True, "off": False, "default": None}[apply]
+        await repository.update_guild_settings(self.services.db, interaction.guild_id, default_filter_rules=value)
+        configured = "on" if self.services.settings.content_filter.default_rules else "off"
+        effective = configured if value is None else apply
+        log.info("shipped content rules switched", extra={"guild": interaction.guild_id, "to": apply})
+        await self._reply(interaction, f"The shipped content rules are now **{effective}** on this server"
+                          + (" (the bot's default)." if value is None else "."))
 
     @settings_group.command(name="limits", description="Override the rate limits for this server")
     @app_commands.check(admin_check)

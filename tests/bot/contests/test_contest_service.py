@@ -14,6 +14,7 @@ from bot.clock import ManualClock
 from bot.contests.rules import RuleError
 from bot.contests.service import ContestService, Outcome
 from bot.storage import contest_repository as repo
+from bot.storage import repository
 from bot.storage.contest_records import ContestRecord
 from bot.storage.db import Database
 
@@ -150,10 +151,8 @@ async def test_entry_rules_against_real_jobs(service: ContestService, make_job: 
 async def test_filter_is_checked_again(db: Database, clock: ManualClock, make_job: MakeJob) -> None:
     from bot.gate.content_filter import ContentFilter
 
-    async def guild_terms(guild_id: int) -> list[str]:
-        return ["dragon"]
-
-    service = ContestService(db, clock=clock, content_filter=ContentFilter(["forbidden"]), guild_terms=guild_terms)
+    await repository.add_blocked_terms(db, GUILD, ["dragon"])  # the server's own term counts too
+    service = ContestService(db, clock=clock, content_filter=ContentFilter(["forbidden"]))
     await _start(service)
     for prompt in ("a forbidden cat", "a dragon"):
         job = await make_job(ALICE, prompt=prompt)

@@ -6,6 +6,7 @@ The generation worker is real but not started, so accepted jobs simply stay queu
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import settings_from_mapping
-from bot.contests.service import build_contest_service
+from bot.contests.service import ContestService
 from bot.gate.content_filter import ContentFilter
 from bot.gate.rate_limits import RateLimiter
 from bot.gate.submission import Accepted, Options, Origin, Refusal, submit
@@ -21,6 +22,7 @@ from bot.journal.job_journal import JobJournal
 from bot.services import ModelInfo, Services
 from bot.storage import repository
 from bot.storage.db import Database
+from bot.storage.records import GuildSettingsRecord
 from generation.worker import GenerationWorker
 
 pytestmark = pytest.mark.timeout(60)
@@ -40,7 +42,8 @@ async def services(tmp_path: Path) -> AsyncIterator[Services]:
         "storage": {"images_dir": str(tmp_path / "images")},
         "generation": {"model": "tiny", "queue_size": 2, "max_steps": 30},
         "rate_limits": {"images_per_window": 5, "window_seconds": 3600, "max_queued_per_user": 3},
-        "content_filter": {"blocked_terms": ["forbidden word"], "regex_rules": []},
+        "content_filter": {"blocked_terms": ["forbidden word"], "regex_rules": [],
+                           "negative_prompt_terms": ["clothes"]},
     }, environ={})
     db = Database.connect(settings.database.url)
     await db.create_all()
@@ -48,9 +51,9 @@ async def services(tmp_path: Path) -> AsyncIterator[Services]:
     services = Services(
         settings=settings, db=db, model=ModelInfo("tiny"), worker=worker,
         journal=JobJournal(db, worker, tmp_path / "images", "tiny"),
-        content_filter=ContentFilter(settings.content_filter.blocked_terms),
+        content_filter=ContentFilter.from_settings(settings.content_filter),
         rate_limiter=RateLimiter(db, settings.rate_limits), images_dir=tmp_path / "images",
-        contests=build_contest_service(db, content_filter=None, images_dir=tmp_path / "images"),
+        contests=ContestService(db, images_dir=tmp_path / "images"),
     )
     yield services
     await services.close()
@@ -97,9 +100,60 @@ async def test_guild_terms_apply_only_in_their_guild(services: Services) -> None
     assert isinstance(elsewhere, Accepted)
 
 
-async def test_negative_prompt_is_filtered_too(services: Services) -> None:
-    outcome = await submit(services.gate, Options.of(prompt="a cat", negative_prompt="forbidden words"), ORIGIN)
-    assert isinstance(outcome, Refusal) and outcome.kind == "filtered"
+async def test_negative_prompt_is_checked_only_for_its_own_terms(services: Services) -> None:
+    # A blocked term in the negative prompt keeps it out of the image: that is allowed.
+    kept_out = await submit(services.gate, Options.of(prompt="a cat", negative_prompt="forbidden words, nsfw"), ORIGIN)
+    assert isinstance(kept_out, Accepted)
+    refused = await submit(services.gate, Options.of(prompt="a cat", negative_prompt="blurry, CL0THES"), ORIGIN)
+    assert isinstance(refused, Refusal) and refused.kind == "filtered"
+    assert "negative prompt" in refused.message and "clothes" not in refused.message.lower()
+    [event] = await repository.moderation_events(services.db, 10)
+    assert (event.prompt_excerpt, event.rule) == ("blurry, CL0THES", "negative_term:clothes")
+
+
+async def switch_rules(db: Database, guild_id: int, enabled: bool | None) -> GuildSettingsRecord:
+    return await repository.update_guild_settings(db, guild_id, default_filter_rules=enabled)
+
+
+async def test_shipped_rules_apply_unless_the_server_switches_them_off(services: Services) -> None:
+    refused = await submit(services.gate, Options.of(prompt="a sexy ch1ld"), ORIGIN)
+    assert isinstance(refused, Refusal) and refused.kind == "filtered"
+    assert isinstance(await submit(services.gate, Options.of(prompt="a child's birthday cake"), ORIGIN), Accepted)
+    # A minor in the prompt and clothes in the negative prompt undress the subject.
+    undressed = await submit(services.gate, Options.of(prompt="a child in a park", negative_prompt="clothing"), ORIGIN)
+    assert isinstance(undressed, Refusal) and undressed.kind == "filtered"
+
+    assert (await switch_rules(services.db, 10, False)).default_filter_rules is False
+    assert isinstance(await submit(services.gate, Options.of(prompt="a sexy ch1ld"), ORIGIN), Accepted)
+    other_guild = await submit(services.gate, Options.of(prompt="a sexy ch1ld"),
+                               dataclasses.replace(ORIGIN, guild_id=11))
+    assert isinstance(other_guild, Refusal)
+    assert (await switch_rules(services.db, 10, None)).default_filter_rules is None  # back to the config's choice
+    assert isinstance(await submit(services.gate, Options.of(prompt="a sexy ch1ld"), ORIGIN), Refusal)
+
+
+async def test_server_switch_keeps_its_blocked_terms(services: Services) -> None:
+    await repository.add_blocked_terms(services.db, 10, ["purple"])
+    settings = await switch_rules(services.db, 10, False)
+    assert settings.blocked_terms == ("purple",)
+    assert (await repository.get_guild_settings(services.db, 10)).blocked_terms == ("purple",)
+    assert isinstance(await submit(services.gate, Options.of(prompt="a purple cat"), ORIGIN), Refusal)
+    fresh = await switch_rules(services.db, 12, True)  # a server never configured before
+    assert (fresh.blocked_terms, fresh.default_filter_rules) == ((), True)
+
+
+async def test_the_filter_runs_off_the_event_loop(services: Services) -> None:
+    threads: list[int] = []
+
+    class RecordingFilter(ContentFilter):
+        def check_request(self, *args: object, **kwargs: object) -> object:
+            threads.append(threading.get_ident())
+            return super().check_request(*args, **kwargs)
+
+    services = dataclasses.replace(services, content_filter=RecordingFilter(["forbidden word"]))
+    assert isinstance(await submit(services.gate, Options.of(prompt="a cat"), ORIGIN), Accepted)
+    assert isinstance(await submit(services.gate, Options.of(prompt="forbidden word"), ORIGIN), Refusal)
+    assert len(threads) == 2 and threading.get_ident() not in threads
 
 
 async def test_rate_limit_refusal_has_a_relative_timestamp(services: Services) -> None:

@@ -187,6 +187,22 @@ async def test_admin_commands_need_manage_server(world: World) -> None:
     assert "Images:" in (await world.ephemeral_answer(stats)).content
 
 
+async def test_server_switches_the_shipped_content_rules(world: World) -> None:
+    alice, bob, general = world.member("alice"), world.member("bob"), world.server.general
+    try:
+        refused = await world.server.send_command(bob, general, "imagine", {"prompt": "a sexy ch1ld"})
+        assert "refused" in (await world.ephemeral_answer(refused)).content
+        off = await world.server.send_command(alice, general, "settings rules", {"apply": "off"})
+        assert "**off**" in (await world.ephemeral_answer(off)).content
+        shown = await world.server.send_command(alice, general, "settings show", {})
+        assert "Shipped content rules: **off**" in (await world.ephemeral_answer(shown)).content
+        allowed = await world.server.send_command(bob, general, "imagine", {"prompt": "a sexy ch1ld"})
+        assert "refused" not in (await world.ephemeral_answer(allowed)).content
+    finally:
+        back = await world.server.send_command(alice, general, "settings rules", {"apply": "default"})
+        assert "the bot's default" in (await world.ephemeral_answer(back)).content
+
+
 async def test_history_job_queue_cancel(world: World) -> None:
     await world.imagine("bob", {"prompt": "a green cone", "seed": 12})  # its own job: no other test needed first
     history = await world.server.send_command(world.member("bob"), world.server.general, "history", {})
