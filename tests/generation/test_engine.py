@@ -9,7 +9,6 @@ seeding bug (shared generator, wrong offset) gives differences of tens of levels
 from __future__ import annotations
 
 import dataclasses
-import io
 
 import numpy as np
 import pytest
@@ -156,20 +155,13 @@ def test_preview_is_a_small_rgb_image_per_latent(engine: DiffusionEngine) -> Non
     assert b > g > r
 
 
-def start_png(size: tuple[int, int] = (64, 64), colour: tuple[int, int, int] = (200, 120, 40)) -> bytes:
-    buffer = io.BytesIO()
-    image = Image.new("RGB", size, colour)
-    image.paste((20, 40, 220), (size[0] // 4, size[1] // 4, size[0] // 2, size[1] // 2))
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 @pytest.mark.parametrize("name", SCHEDULER_NAMES)
 @pytest.mark.parametrize("strength", [None, 0.5])
-def test_progress_counts_steps_as_diffusers_does(engine: DiffusionEngine, name: str, strength: float | None) -> None:
+def test_progress_counts_steps_as_diffusers_does(engine: DiffusionEngine, name: str, strength: float | None,
+                                                 picture) -> None:
     """heun calls the UNet 2N-1 times and pndm N+1 times for N steps; both report exactly 1..N of N."""
     seen: list[tuple[int, int]] = []
-    request = req(scheduler=name, steps=6, strength=strength, init_image=start_png() if strength else None)
+    request = req(scheduler=name, steps=6, strength=strength, init_image=picture() if strength else None)
     engine.generate([request], on_step=lambda s, t, lat: seen.append((s, t)))
     total = request.params.denoising_steps
     assert total == (3 if strength else 6)
