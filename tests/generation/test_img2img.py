@@ -183,3 +183,21 @@ def test_an_upscaler_that_is_no_upscaler_fails_upscales_only(engine: DiffusionEn
     with pytest.raises(JobRefusedError):  # remembered: not loaded again for every job
         broken.generate([up])
     assert len(broken.generate([validate_request(settings, prompt="x", steps=2)])[0]) == 1
+
+
+async def test_an_upscale_through_the_worker_records_how_it_was_made(engine: DiffusionEngine, picture) -> None:
+    from generation.png import parse_parameters, read_parameters
+    from generation.worker import GenerationWorker
+
+    parent = validate_request(SETTINGS, prompt="a lighthouse", seed=20, steps=4).params
+    worker = GenerationWorker(engine, queue_size=4, max_batch_size=4)
+    await worker.start()
+    try:
+        result = await worker.submit(upscale_request(SETTINGS, parent, 0, picture(), requester_id="u1"))
+    finally:
+        await worker.close()
+    image = result.images[0]
+    assert (image.width, image.height, image.seed) == (128, 128, 20)
+    back = parse_parameters(read_parameters(image.png) or "")
+    assert back["prompt"] == "a lighthouse" and (back["width"], back["height"]) == (128, 128)
+    assert (back["Denoising strength"], back["Hires upscale"], back["Parent seed"]) == (0.35, 2.0, 20)
