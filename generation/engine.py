@@ -20,6 +20,7 @@ LoRA adapters are switched on those shared modules between calls.
 from __future__ import annotations
 
 import gc
+import inspect
 import io
 import itertools
 import logging
@@ -71,7 +72,10 @@ def _derived(base: DiffusionPipeline, cls: type[DiffusionPipeline], scheduler: A
     model would be cast in place), logging a warning per module each time. The model-offload hooks are carried
     over so ``enable_model_cpu_offload`` keeps working for the new object.
     """
-    pipe = cls(**{**base.components, "scheduler": scheduler}, requires_safety_checker=False)
+    extra = {}
+    if "requires_safety_checker" in inspect.signature(cls.__init__).parameters:
+        extra["requires_safety_checker"] = False  # only silences a warning; a configured checker still runs
+    pipe = cls(**{**base.components, "scheduler": scheduler}, **extra)
     for attr in ("_all_hooks", "_offload_device", "_offload_gpu_id"):
         if hasattr(base, attr):
             setattr(pipe, attr, getattr(base, attr))

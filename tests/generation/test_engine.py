@@ -153,3 +153,24 @@ def test_preview_is_a_small_rgb_image_per_latent(engine: DiffusionEngine) -> Non
     assert previews[0].mode == "RGB" and previews[0].size == (24, 16)
     r, g, b = (int(v) for v in np.asarray(previews[0]).reshape(-1, 3).mean(0))
     assert b > g > r
+
+
+@pytest.mark.parametrize("name", SCHEDULER_NAMES)
+@pytest.mark.parametrize("strength", [None, 0.5])
+def test_progress_counts_steps_as_diffusers_does(engine: DiffusionEngine, name: str, strength: float | None,
+                                                 picture) -> None:
+    """heun calls the UNet 2N-1 times and pndm N+1 times for N steps; both report exactly 1..N of N."""
+    seen: list[tuple[int, int]] = []
+    request = req(scheduler=name, steps=6, strength=strength, init_image=picture() if strength else None)
+    engine.generate([request], on_step=lambda s, t, lat: seen.append((s, t)))
+    total = request.params.denoising_steps
+    assert total == (3 if strength else 6)
+    assert seen == [(step, total) for step in range(1, total + 1)], (name, seen)
+
+
+def test_heun_stops_after_the_requested_step(engine: DiffusionEngine) -> None:
+    seen: list[int] = []
+    with pytest.raises(GenerationInterrupted):
+        engine.generate([req(scheduler="heun", steps=8)], on_step=lambda s, t, lat: seen.append(s),
+                        should_stop=lambda: len(seen) >= 3)
+    assert seen == [1, 2, 3]
