@@ -84,7 +84,7 @@ async def build_services(settings: Settings, *, model: LoadedModel | None = None
                                   previews=gen.previews)
         await worker.start()
         journal = JobJournal(db, worker, images_dir, info.name)
-        rate_limiter = RateLimiter(db, settings.rate_limits)
+        rate_limiter = RateLimiter(db, settings.rate_limits, queue_size=gen.queue_size)
         log.info("content filter: %d global term(s), %d rule(s)", content_filter.term_count, content_filter.rule_count)
         contests = build_contest_service(db, content_filter=content_filter, images_dir=images_dir, clock=clock)
         return Services(settings=settings, db=db, model=info, engine=engine, worker=worker, journal=journal,

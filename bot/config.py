@@ -55,6 +55,9 @@ class RateLimitSettings(_Section):
     max_queued_per_user: int = Field(3, ge=0)
     guild_overrides: dict[int, LimitOverride] = Field(default_factory=dict)
     role_overrides: dict[int, LimitOverride] = Field(default_factory=dict)
+    max_queue_share_per_guild: float = Field(
+        1.0, gt=0.0, le=1.0,
+        description="the largest share of generation.queue_size one server's queued and running jobs may take")
 
 
 class ContentFilterSettings(_Section):
