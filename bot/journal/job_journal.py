@@ -179,15 +179,26 @@ class JobJournal:
         await self._notify(job, records, result)
 
     async def cancel(self, job_id: int) -> bool:
-        """Cancel a job for its member (recorded as cancelled, unlike jobs stopped by a shutdown)."""
+        """Cancel a job for its member (recorded as cancelled, unlike jobs stopped by a shutdown).
+
+        A job still waiting is recorded cancelled, and its rate-limit grant given back, before this returns:
+        the member may ask again at once. A running one stops at its next step and is recorded by its follower.
+        """
         handle = self._handles.get(job_id)
         if handle is not None:
+            waiting = handle.status == "queued"
             self._cancel_requested.add(job_id)
-            return handle.cancel()
+            cancelled = handle.cancel()
+            if cancelled and waiting:
+                await repository.cancel_unstarted(self.db, job_id)
+            return cancelled
         job = await repository.get_job(self.db, job_id)
         if job is None or job.status not in ("queued", "running"):
             return False
-        await repository.mark_cancelled(self.db, job_id)
+        if job.status == "queued":
+            await repository.cancel_unstarted(self.db, job_id)
+        else:
+            await repository.mark_cancelled(self.db, job_id)
         return True
 
     async def wait_idle(self) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import func, literal, or_, select, update
+from sqlalchemy import delete, func, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -189,6 +189,28 @@ async def mark_refused(db: Database, job_id: int, reason: str | None = None) -> 
 
 async def mark_cancelled(db: Database, job_id: int) -> JobRecord:
     return await _transition(db, job_id, "cancelled", finished_at=utcnow())
+
+
+async def cancel_unstarted(db: Database, job_id: int) -> JobRecord:
+    """Cancel a job that never started, and give its rate-limit grant back, in one transaction.
+
+    The member's slot is free the moment /cancel answers: the job no longer counts as queued and its images no
+    longer count in their window (nothing was generated). A job that already started keeps its ledger entry.
+    """
+    from bot.storage.models import RateLimitEntry
+
+    async with db.session(write=True) as session:
+        await session.execute(
+            update(Job).where(Job.id == job_id, Job.status == "queued")
+            .values(status="cancelled", finished_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        job = await session.get(Job, job_id)
+        if job is None:
+            raise LookupError(f"no job {job_id}")
+        if job.status == "cancelled" and job.started_at is None:
+            await session.execute(delete(RateLimitEntry).where(RateLimitEntry.job_id == job_id))
+        return _job(job)
 
 
 async def requeue(db: Database, job_id: int) -> JobRecord:
