@@ -229,6 +229,21 @@ async def set_job_message(db: Database, job_id: int, message_id: int | None) -> 
         return _job(job)
 
 
+async def clear_interaction_token(db: Database, job_id: int) -> None:
+    """Forget a job's interaction token once its result was delivered (or it ended): nothing needs it any more."""
+    async with db.session(write=True) as session:
+        await session.execute(update(Job).where(Job.id == job_id, Job.interaction_token.is_not(None))
+                              .values(interaction_token=None))
+
+
+async def clear_interaction_tokens_queued_before(db: Database, before: datetime) -> int:
+    """Forget the interaction tokens of jobs queued before ``before`` (Discord no longer takes them)."""
+    async with db.session(write=True) as session:
+        result = await session.execute(update(Job).where(Job.interaction_token.is_not(None), Job.queued_at < before)
+                                       .values(interaction_token=None))
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
 async def get_job(db: Database, job_id: int) -> JobRecord | None:
     async with db.session() as session:
         job = await session.get(Job, job_id)
