@@ -13,6 +13,7 @@ All of it is blocking I/O: call it from a thread when an event loop is running.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
 import tempfile
@@ -43,11 +44,8 @@ def _reason(exc: BaseException) -> str:
 
 
 def _shown(url: str) -> str:
-    """The URL as an admin may see it in a message: never its password."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return redact_token_shapes(url)
+    """A parseable URL as an admin may see it in a message: never its password."""
+    return redact_token_shapes(make_url(url).render_as_string(hide_password=True))
 
 
 def parse_database_url(url: str) -> URL:
@@ -55,7 +53,8 @@ def parse_database_url(url: str) -> URL:
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise StorageError(f"database.url = {_shown(url)!r} is not a database URL. Use {URL_EXAMPLES}.") from None
+        # Not shown: where a URL cannot be parsed, neither can its password be found and hidden.
+        raise StorageError(f"database.url is not a database URL. Use {URL_EXAMPLES}.") from None
     try:
         dialect = parsed.get_dialect()
     except NoSuchModuleError:
@@ -76,9 +75,12 @@ def _probe_writable(folder: Path) -> None:
 
 def make_private_folder(folder: Path) -> None:
     """Create ``folder`` (and its parents) if missing; the folder itself only for the owner."""
-    folder.mkdir(parents=True, exist_ok=True, mode=PRIVATE_FOLDER)
-    if not folder.is_dir():
-        raise NotADirectoryError(20, "it is a file, not a folder", str(folder))
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=PRIVATE_FOLDER)
+    except FileExistsError:
+        raise NotADirectoryError(errno.ENOTDIR, "it is a file, not a folder") from None
+    except NotADirectoryError:
+        raise NotADirectoryError(errno.ENOTDIR, "part of that path is a file, not a folder") from None
 
 
 def _sqlite_damage(path: Path) -> str | None:
