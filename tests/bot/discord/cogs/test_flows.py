@@ -199,7 +199,7 @@ async def test_history_job_queue_cancel(world: World) -> None:
     text = (await world.ephemeral_answer(history)).content
     assert "a red cube" in text
     job_id = int(text.split("`")[1])
-    shown = await world.server.send_command(world.member("carol"), world.server.general, "job", {"job_id": job_id})
+    shown = await world.server.send_command(world.member("bob"), world.server.general, "job", {"job_id": job_id})
     message = await world.ephemeral_answer(shown)
     assert "Status: **" in message.content and message.embeds
     queue = await world.server.send_command(world.member("bob"), world.server.general, "queue", {})
