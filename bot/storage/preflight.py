@@ -97,8 +97,11 @@ def _sqlite_damage(path: Path) -> str | None:
     page_size = int.from_bytes(header[16:18], "big")
     page_size = 65536 if page_size == 1 else page_size
     pages = int.from_bytes(header[28:32], "big")
-    # The page count in the header is valid when its "version-valid-for" number equals the change counter.
-    if header[92:96] == header[24:28] and pages and size < page_size * pages:
+    # The page count in the header is valid when its "version-valid-for" number equals the change counter. A
+    # write-ahead log left by a crash mid-checkpoint may still hold the missing pages: SQLite completes it then.
+    wal = path.with_name(path.name + "-wal")
+    wal_pending = wal.exists() and wal.stat().st_size > 0
+    if header[92:96] == header[24:28] and pages and size < page_size * pages and not wal_pending:
         return f"is truncated ({size} bytes, but its header says {page_size * pages})"
     try:
         with contextlib.closing(sqlite3.connect(path)) as conn:
