@@ -29,6 +29,7 @@ from bot.journal.job_journal import JobJournal
 from bot.services import ModelInfo, Services
 from bot.storage.db import Database, upgrade_to_head
 from bot.storage.images import sweep_orphans
+from bot.storage.preflight import check_storage
 from generation.engine import DiffusionEngine
 from generation.loading import LoadedModel, load_pipeline
 from generation.safety import load_safety_checker
@@ -51,19 +52,22 @@ async def build_services(settings: Settings, *, model: LoadedModel | None = None
 
     ``model`` (a :class:`LoadedModel`) and ``engine`` (any ``BatchEngine``) may be passed in by tests and the
     playground to reuse a loaded pipeline or use a fake; by default the configured model is loaded in a thread.
-    Raises :class:`generation.loading.ModelLoadError` (with a message for the admin) when it cannot be loaded.
+    Raises :class:`generation.loading.ModelLoadError` (with a message for the admin) when it cannot be loaded,
+    and :class:`bot.storage.preflight.StorageError` (a ConfigError) when the database or images folder cannot be
+    used; both before anything else is built.
     ``clock`` (a :class:`bot.clock.Clock`) lets tests drive contest deadlines; default: real time.
     """
     content_filter = ContentFilter.from_settings(settings.content_filter)
+    await asyncio.to_thread(check_storage, settings)  # creates the database file and images folder, private
     if settings.database.auto_upgrade:
         await upgrade_to_head(settings.database.url)  # runs Alembic in a thread
     db = Database.connect(settings.database.url)
     worker: GenerationWorker | None = None
     try:
         images_dir = Path(settings.storage.images_dir)
-        await asyncio.to_thread(images_dir.mkdir, parents=True, exist_ok=True)
         report = await sweep_orphans(db, images_dir)
-        log.info("image store checked: %s", report)
+        log.info("image store checked: %d stray file(s) removed, %d missing file(s) marked",
+                 len(report.orphan_files_removed), len(report.rows_marked_missing))
 
         if engine is None:
             if model is None:
@@ -84,7 +88,7 @@ async def build_services(settings: Settings, *, model: LoadedModel | None = None
                                   previews=gen.previews)
         await worker.start()
         journal = JobJournal(db, worker, images_dir, info.name)
-        rate_limiter = RateLimiter(db, settings.rate_limits)
+        rate_limiter = RateLimiter(db, settings.rate_limits, queue_size=gen.queue_size)
         log.info("content filter: %d global term(s), %d rule(s)", content_filter.term_count, content_filter.rule_count)
         contests = ContestService(db, clock=clock, content_filter=content_filter, images_dir=images_dir)
         return Services(settings=settings, db=db, model=info, engine=engine, worker=worker, journal=journal,

@@ -1,12 +1,15 @@
 """Typed settings, one section class per concern, loaded from config.yaml.
 
 A bad file never produces a traceback for the admin: :func:`load_settings` raises :class:`ConfigError`
-whose message names the key, the value found and what was expected.
+whose message names the key, the value found and what was expected. The value is left out where it may be a
+secret (anything under ``discord:``, a key named like a token or password, a URL with a password, anything
+shaped like a token): config errors end up in terminals, logs and bug reports.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -15,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, Va
 from pydantic_core import PydanticCustomError
 
 from bot.bounded_regex import RegexRuleError, compile_rule
+from bot.redaction import looks_secret, redact_token_shapes
 from generation.settings import GenerationSettings
 
 DISCORD_API = "https://discord.com/api/v10"
@@ -57,6 +61,9 @@ class RateLimitSettings(_Section):
     max_queued_per_user: int = Field(3, ge=0)
     guild_overrides: dict[int, LimitOverride] = Field(default_factory=dict)
     role_overrides: dict[int, LimitOverride] = Field(default_factory=dict)
+    max_queue_share_per_guild: float = Field(
+        1.0, gt=0.0, le=1.0,
+        description="the largest share of generation.queue_size one server's queued and running jobs may take")
 
 
 def _bounded_regex(pattern: str) -> str:
@@ -111,12 +118,36 @@ class ConfigError(Exception):
     """A config problem explained for a server admin (key, value, what is expected)."""
 
 
+# Key names whose values are, or may be, secrets.
+_SECRET_KEY = re.compile(r"token|password|passwd|secret|credential|api_?key|auth", re.IGNORECASE)
+HIDDEN = "(value not shown: it may be a secret)"
+
+
+def _may_hold_secret(loc: tuple[Any, ...], value: Any) -> bool:
+    """Whether the value at ``loc`` must not be printed: a secret's section or name, or a secret's shape."""
+    if loc and loc[0] == "discord":
+        return True  # the token's section: a misplaced token (``discord: <token>``) lands on some key here
+    if any(_SECRET_KEY.search(str(part)) for part in loc):
+        return True
+    if isinstance(value, dict):
+        return any(_may_hold_secret((*loc, key), item) for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return any(_may_hold_secret(loc, item) for item in value)
+    return isinstance(value, str) and looks_secret(value)
+
+
 def _describe(error: dict[str, Any]) -> str:
-    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    loc = tuple(error["loc"])
+    key = ".".join(str(part) for part in loc) or "(top level)"
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown key (check the spelling against config.example.yaml)"
     value = error.get("input")
-    shown = "missing" if error["type"] == "missing" else repr(value)
+    if error["type"] == "missing":
+        shown = "missing"
+    elif _may_hold_secret(loc, value):
+        shown = HIDDEN
+    else:
+        shown = repr(value)
     return f"{key} = {shown}: {error['msg']}"
 
 
@@ -124,19 +155,19 @@ def settings_from_mapping(data: dict[str, Any] | None, *, source: str = "config"
                           environ: dict[str, str] | None = None) -> Settings:
     """Validate a mapping into :class:`Settings`, applying environment secrets (``DISCORD_TOKEN``)."""
     environ = os.environ if environ is None else environ
-    data = dict(data or {})
-    if not isinstance(data, dict):
+    if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of sections (discord:, database:, ...)")
-    if environ.get("DISCORD_TOKEN"):
-        discord = dict(data.get("discord") or {})
-        discord["token"] = environ["DISCORD_TOKEN"]
-        data["discord"] = discord
+    data = dict(data or {})
+    discord = data.get("discord")
+    if environ.get("DISCORD_TOKEN") and (discord is None or isinstance(discord, dict)):
+        data["discord"] = {**(discord or {}), "token": environ["DISCORD_TOKEN"]}
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
         problems = "\n".join(f"  - {_describe(e)}" for e in exc.errors())
-        raise ConfigError(f"{source} has {len(exc.errors())} problem(s):\n{problems}\n"
-                          "See config.example.yaml for every key with its meaning.") from None
+        # Key names are shown; a token pasted where a key belongs is hidden all the same.
+        raise ConfigError(redact_token_shapes(f"{source} has {len(exc.errors())} problem(s):\n{problems}\n"
+                                              "See config.example.yaml for every key with its meaning.")) from None
 
 
 def load_settings(path: str | Path | None, *, environ: dict[str, str] | None = None) -> Settings:
@@ -153,7 +184,12 @@ def load_settings(path: str | Path | None, *, environ: dict[str, str] | None = N
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc}).") from None
+        # Not str(exc): it quotes the offending line, which may be the one holding the token.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise ConfigError(f"{path}: not valid YAML{where} ({problem}). Check the indentation and quoting "
+                          "there.") from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (discord:, database:, ...), "
                           f"got {type(data).__name__}.")

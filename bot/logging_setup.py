@@ -1,27 +1,35 @@
 """Structured logging for the bot: one line per event (``key=value`` or JSON), secrets redacted.
 
-The bot token must never reach a log line, whatever logs it (our code, discord.py, aiohttp, a traceback), so
-redaction is a :class:`logging.Filter` installed on the root handler: it rewrites the message, its arguments and
-the formatted traceback of every record before any formatter sees them. Interaction tokens (which grant posting
-as the bot for 15 minutes) are redacted by pattern for the same reason.
+The bot token must never reach a log line, whatever logs it (our code, discord.py, aiohttp, aiosqlite's DEBUG
+lines with every INSERT's parameters, a traceback), so redaction is a :class:`logging.Filter` installed on the
+root handler: it rewrites the message, its arguments and the formatted traceback of every record before any
+formatter sees them. Besides the secrets it is given, it hides anything shaped like a token
+(:mod:`bot.redaction`): interaction tokens grant posting as the bot for 15 minutes. Libraries that print through
+a handler of their own (transformers, diffusers) are routed through the root handler too.
+
+Start-up should read as a few lines: Alembic's plugin list and its "Context impl" notes, and transformers'
+torchvision notices, are shown at DEBUG only.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-REDACTED = "[REDACTED]"
+from bot.redaction import REDACTED, redact_token_shapes
 
-# /webhooks/<application id>/<interaction token> and /interactions/<id>/<token>/callback in URLs.
-_URL_TOKEN = re.compile(r"(/(?:webhooks|interactions)/\d+/)([A-Za-z0-9_.\-]{20,})")
-# "Authorization: Bot xxx" style headers, should a library ever log one.
-_BOT_HEADER = re.compile(r"(\bBot\s+)([A-Za-z0-9_.\-]{20,})")
+# Logger -> what it says at start-up that means nothing to an admin (None: everything below WARNING).
+_CHATTER: dict[str, tuple[str, ...] | None] = {
+    "alembic.runtime.plugins": None,
+    "alembic.runtime.migration": ("Context impl ", "Will assume "),
+    "transformers.utils.import_utils": ("requires torchvision",),
+}
+# Libraries that attach a stderr handler of their own (unredacted, their own format) and stop propagation.
+_SELF_HANDLING_LIBRARIES = ("transformers", "diffusers")
 
 _STANDARD_ATTRS = frozenset(
     vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None)).keys() | {"message", "asctime"}
@@ -47,8 +55,7 @@ class RedactingFilter(logging.Filter):
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
-        text = _URL_TOKEN.sub(lambda m: m.group(1) + REDACTED, text)
-        return _BOT_HEADER.sub(lambda m: m.group(1) + REDACTED, text)
+        return redact_token_shapes(text)
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
@@ -115,6 +122,43 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, ensure_ascii=False)
 
 
+class _Chatter(logging.Filter):
+    """Drops a logger's start-up chatter unless the root logger is at DEBUG (set on the logger, not a handler,
+    so it also holds for records that never reach ours)."""
+
+    def __init__(self, fragments: tuple[str, ...] | None) -> None:
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            return True
+        if self.fragments is None:
+            return record.levelno >= logging.WARNING
+        message = record.getMessage()
+        return not any(fragment in message for fragment in self.fragments)
+
+
+def _quiet_chatter() -> None:
+    for name, fragments in _CHATTER.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _Chatter) for f in logger.filters):
+            logger.addFilter(_Chatter(fragments))
+
+
+def adopt_library_loggers() -> None:
+    """Send transformers' and diffusers' records through the root handler (redacted, our format), not their own.
+
+    Call it after they are imported: each attaches its handler when first imported.
+    """
+    for name in _SELF_HANDLING_LIBRARIES:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                logger.removeHandler(handler)
+        logger.propagate = True
+
+
 _installed: logging.Handler | None = None
 
 
@@ -135,6 +179,8 @@ def setup_logging(
     handler.addFilter(redactor)
     root.addHandler(handler)
     root.setLevel(level)
+    _quiet_chatter()
+    adopt_library_loggers()
     # discord.py's HTTP/gateway chatter at DEBUG is noisy; keep it one level quieter than ours.
     logging.getLogger("discord").setLevel(max(logging.getLevelName(level), logging.INFO))
     _installed = handler

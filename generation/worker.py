@@ -502,7 +502,7 @@ class GenerationWorker:
             self._loop.call_soon_threadsafe(callback, *args)
 
     def _run_batch(self, batch: list[JobHandle]) -> dict[str, GenerationResult | GenerationError]:
-        """Pipeline thread: generate (splitting on OOM) and encode PNGs. Never raises."""
+        """Pipeline thread: generate (splitting the batch when the engine raises) and encode PNGs. Never raises."""
         outcomes: dict[str, GenerationResult | GenerationError] = {}
         started = time.monotonic()
         images = self._generate_splitting(batch, outcomes)
@@ -542,7 +542,12 @@ class GenerationWorker:
 
     def _generate_splitting(self, batch: list[JobHandle],
                             outcomes: dict[str, GenerationResult | GenerationError]) -> list[tuple[JobHandle, list]]:
-        """Run one engine call; on OOM free memory and retry each half; other errors fail this (sub-)batch."""
+        """Run one engine call; if it raises, retry each half, so only the request at fault fails.
+
+        Out of memory: free memory first (a smaller batch may fit). Any other error: a single bad request (a
+        prompt that trips the engine) must not fail the members batched with it, so the batch is bisected down
+        to the request(s) that raise on their own; that costs about log2(batch) extra calls per bad request.
+        """
         if all(j.cancel_requested for j in batch):
             for job in batch:
                 outcomes[job.job_id] = JobCancelledError(CANCELLED_MESSAGE)
@@ -560,20 +565,22 @@ class GenerationWorker:
                 for job in batch:
                     outcomes[job.job_id] = GenerationFailedError(exc.message)
                 return []
-            if self._is_oom(exc):
+            out_of_memory = self._is_oom(exc)
+            if out_of_memory:
                 self._free_memory()
-                if len(batch) == 1:
+            if len(batch) == 1:
+                if out_of_memory:
                     log.warning("job %s ran out of GPU memory on its own", batch[0].job_id)
                     outcomes[batch[0].job_id] = GenerationFailedError(OOM_MESSAGE)
-                    return []
-                half = len(batch) // 2
-                log.warning("out of GPU memory with %d jobs; retrying in halves", len(batch))
-                return self._generate_splitting(batch[:half], outcomes) + \
-                    self._generate_splitting(batch[half:], outcomes)
-            log.exception("generation failed for jobs %s", [j.job_id for j in batch])
-            for job in batch:
-                outcomes[job.job_id] = GenerationFailedError(FAILED_MESSAGE)
-            return []
+                else:
+                    log.exception("generation failed for job %s", batch[0].job_id)
+                    outcomes[batch[0].job_id] = GenerationFailedError(FAILED_MESSAGE)
+                return []
+            half = len(batch) // 2
+            log.warning("%s with %d jobs; retrying in halves", "out of GPU memory" if out_of_memory else
+                        f"generation failed ({type(exc).__name__})", len(batch))
+            return self._generate_splitting(batch[:half], outcomes) + \
+                self._generate_splitting(batch[half:], outcomes)
         if all(j.cancel_requested for j in batch):  # stopped early: whatever came back is incomplete
             for job in batch:
                 outcomes[job.job_id] = JobCancelledError(CANCELLED_MESSAGE)

@@ -72,7 +72,18 @@ def describe_check_failure(error: app_commands.AppCommandError) -> str | None:
 
 
 class ImagineTree(app_commands.CommandTree):
-    """Global app-command error handler: members get one short sentence, admins get the traceback in the log."""
+    """Global app-command check and error handler: members get one short sentence, admins the traceback in the log.
+
+    Every command needs a server (limits, filters and jobs belong to one). ``guild_only`` is only metadata that
+    Discord's client may or may not honour, so the check runs here, at run time, for every command.
+    """
+
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        if interaction.guild_id is None:
+            if interaction.type is discord.InteractionType.autocomplete:
+                return False  # an autocomplete cannot show a sentence; the command itself is refused below
+            raise app_commands.NoPrivateMessage()
+        return True
 
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         message = describe_check_failure(error)

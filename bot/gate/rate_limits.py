@@ -5,11 +5,18 @@ concurrency: for one member, check and insert happen under an ``asyncio.Lock`` a
 transaction, so 20 simultaneous requests accept exactly what the limits allow; other members use other locks.
 A granted reservation is pending until :meth:`RateLimiter.attach` links it to its journalled job; while
 pending (for at most ``PENDING_SECONDS``) it also counts as a queued job, so concurrent requests see it.
+
+The host's config is the ceiling: a server's own settings (``/settings limits``, stored in ``guild_settings``)
+can only tighten it, and that is enforced here, where limits are read, so a row written before the rule (or by
+hand) cannot loosen anything. No server may hold more than ``max_queue_share_per_guild`` of the shared queue:
+that check runs under a per-server lock, in the same write transaction, so it is exact under bursts too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -64,10 +71,12 @@ class RateLimited(Exception):
     """A refusal a member can read: ``reason`` says why, ``retry_at`` when to try again.
 
     ``kind`` is ``window`` (too many images lately), ``queued`` (too many jobs waiting; retry when one
-    finishes, ``retry_at`` is then only a hint) or ``too_large`` (more images than the window allows at all).
+    finishes, ``retry_at`` is then only a hint), ``server_share`` (the member's server holds its whole share of
+    the queue; also retry when a job finishes) or ``too_large`` (more images than the window allows at all).
     """
 
-    def __init__(self, retry_at: datetime, reason: str, kind: Literal["window", "queued", "too_large"] = "window"):
+    def __init__(self, retry_at: datetime, reason: str,
+                 kind: Literal["window", "queued", "server_share", "too_large"] = "window"):
         super().__init__(reason)
         self.retry_at = retry_at
         self.reason = reason
@@ -87,44 +96,86 @@ def _describe_window(seconds: int) -> str:
 
 
 def _apply(limits: Limits, override: Any) -> Limits:
-    """Fields the override sets (not None) replace those of ``limits``."""
+    """Fields the override sets (not None) replace those of ``limits`` (host config: may loosen or tighten)."""
     if override is None:
         return limits
     values = {name: getattr(override, name) for name in ("images_per_window", "window_seconds", "max_queued_per_user")}
     return Limits(**{name: getattr(limits, name) if value is None else value for name, value in values.items()})
 
 
+def tighten(limits: Limits, server: Any) -> Limits:
+    """A server's own settings applied to the host's ``limits``: each may only make them stricter.
+
+    Fewer images, a longer window, fewer jobs waiting; a value that would loosen a limit is ignored.
+    """
+    if server is None:
+        return limits
+    images, window, queued = server.images_per_window, server.window_seconds, server.max_queued_per_user
+    return Limits(
+        images_per_window=limits.images_per_window if images is None else min(limits.images_per_window, images),
+        window_seconds=limits.window_seconds if window is None else max(limits.window_seconds, window),
+        max_queued_per_user=(limits.max_queued_per_user if queued is None
+                             else min(limits.max_queued_per_user, queued)),
+    )
+
+
+def loosening(limits: Limits, *, images_per_window: int | None = None, window_seconds: int | None = None,
+              max_queued_per_user: int | None = None) -> list[str]:
+    """What in a proposed server setting would exceed the host's ``limits``, one phrase each (empty: fine)."""
+    problems = []
+    if images_per_window is not None and images_per_window > limits.images_per_window:
+        problems.append(f"at most {limits.images_per_window} image(s) per window")
+    if window_seconds is not None and window_seconds < limits.window_seconds:
+        problems.append(f"a window of at least {limits.window_seconds} seconds")
+    if max_queued_per_user is not None and max_queued_per_user > limits.max_queued_per_user:
+        problems.append(f"at most {limits.max_queued_per_user} job(s) waiting per member")
+    return problems
+
+
 class RateLimiter:
     """``reserve`` before journalling a job; ``attach`` once it is journalled; ``release`` if it is refused."""
 
-    def __init__(self, db: Database, settings: RateLimitSettings, *,
+    def __init__(self, db: Database, settings: RateLimitSettings, *, queue_size: int | None = None,
                  clock: Callable[[], datetime] = utcnow) -> None:
+        """``queue_size`` (``generation.queue_size``) enables the per-server share of the queue."""
         self.db = db
         self.settings = settings
         self.clock = clock
-        self._locks: weakref.WeakValueDictionary[tuple[int | None, int], asyncio.Lock] = (
+        self.server_cap = self._server_cap(queue_size)
+        self._locks: weakref.WeakValueDictionary[tuple[str, int | None, int], asyncio.Lock] = (
             weakref.WeakValueDictionary())
 
-    def _lock(self, guild_id: int | None, user_id: int) -> asyncio.Lock:
-        key = (guild_id, user_id)
+    def _server_cap(self, queue_size: int | None) -> int | None:
+        """Jobs (queued or running) one server may hold at once; None: no limit beyond the queue itself."""
+        share = self.settings.max_queue_share_per_guild
+        if queue_size is None or share >= 1.0:
+            return None
+        return max(1, math.floor(share * queue_size))
+
+    def _lock(self, kind: str, guild_id: int | None, user_id: int = 0) -> asyncio.Lock:
+        key = (kind, guild_id, user_id)
         lock = self._locks.get(key)
         if lock is None:
             lock = asyncio.Lock()
             self._locks[key] = lock
         return lock
 
-    def _resolve(self, guild_row: GuildSettings | None, guild_id: int | None, role_ids: Iterable[int]) -> Limits:
+    def host_limits(self, guild_id: int | None, role_ids: Iterable[int] = ()) -> Limits:
+        """What the host's config allows a member here: the base, the server's override, the best role."""
         s = self.settings
         limits = Limits(s.images_per_window, s.window_seconds, s.max_queued_per_user)
         if guild_id is not None:
             limits = _apply(limits, s.guild_overrides.get(guild_id))
-            limits = _apply(limits, guild_row)  # set by the guild's admins at run time: wins over config
         roles: list[Limits] = [_apply(limits, s.role_overrides[r]) for r in role_ids if r in s.role_overrides]
         if not roles:
             return limits
         # The most generous applicable role wins: the highest rate for the window, the most queued jobs.
         best = max(roles, key=lambda lim: (lim.images_per_window / lim.window_seconds, lim.images_per_window))
         return Limits(best.images_per_window, best.window_seconds, max(r.max_queued_per_user for r in roles))
+
+    def _resolve(self, guild_row: GuildSettings | None, guild_id: int | None, role_ids: Iterable[int]) -> Limits:
+        limits = self.host_limits(guild_id, role_ids)
+        return tighten(limits, guild_row) if guild_id is not None else limits
 
     async def limits_for(self, guild_id: int | None, role_ids: Iterable[int] = ()) -> Limits:
         async with self.db.session() as session:
@@ -143,6 +194,16 @@ class RateLimiter:
             RateLimitEntry.at > now - timedelta(seconds=PENDING_SECONDS)))
         return int(jobs or 0) + int(pending or 0)
 
+    @staticmethod
+    async def _server_jobs(session: Any, guild_id: int, now: datetime) -> int:
+        """A server's jobs queued or running, plus its reservations not journalled yet."""
+        jobs = await session.scalar(select(func.count(Job.id)).where(
+            Job.guild_id == guild_id, Job.status.in_(UNFINISHED)))
+        pending = await session.scalar(select(func.count(RateLimitEntry.id)).where(
+            RateLimitEntry.guild_id == guild_id, RateLimitEntry.job_id.is_(None),
+            RateLimitEntry.at > now - timedelta(seconds=PENDING_SECONDS)))
+        return int(jobs or 0) + int(pending or 0)
+
     async def _window(self, session: Any, guild_id: int | None, user_id: int, now: datetime,
                       limits: Limits) -> list[tuple[datetime, int]]:
         rows = await session.execute(
@@ -157,7 +218,10 @@ class RateLimiter:
         if images < 1:
             raise ValueError("images must be at least 1")
         role_ids = tuple(role_ids)
-        async with self._lock(guild_id, user_id), self.db.session(write=True) as session:
+        server_lock = self._lock("server", guild_id) if self.server_cap is not None and guild_id is not None \
+            else contextlib.nullcontext()
+        # Always the server's lock before the member's: one order everywhere, so no two requests deadlock.
+        async with server_lock, self._lock("member", guild_id, user_id), self.db.session(write=True) as session:
             now = self.clock()
             row = await session.get(GuildSettings, guild_id) if guild_id is not None else None
             limits = self._resolve(row, guild_id, role_ids)
@@ -171,6 +235,13 @@ class RateLimiter:
                 raise RateLimited(now, (
                     f"you already have {queued} job(s) waiting or running (at most "
                     f"{limits.max_queued_per_user}); try again when one of your jobs finishes"), "queued")
+            if self.server_cap is not None and guild_id is not None:
+                held = await self._server_jobs(session, guild_id, now)
+                if held >= self.server_cap:
+                    raise RateLimited(now, (
+                        f"this server already has {held} job(s) waiting or running, its whole share of the "
+                        "bot's queue (other servers use it too); try again when some of them finish"),
+                        "server_share")
             entries = await self._window(session, guild_id, user_id, now, limits)
             used = sum(n for _, n in entries)
             if used + images > limits.images_per_window:
@@ -197,7 +268,8 @@ class RateLimiter:
 
     async def release(self, reservation: Reservation) -> None:
         """Give the images back (the job was refused after all, e.g. the queue was full). Idempotent."""
-        async with self._lock(reservation.guild_id, reservation.user_id), self.db.session(write=True) as session:
+        async with self._lock("member", reservation.guild_id, reservation.user_id), \
+                self.db.session(write=True) as session:
             await session.execute(delete(RateLimitEntry).where(RateLimitEntry.id == reservation.entry_id))
 
     async def usage(self, guild_id: int | None, user_id: int, role_ids: Iterable[int] = ()) -> Usage:
@@ -212,4 +284,5 @@ class RateLimiter:
             return Usage(sum(n for _, n in entries), limits, queued, resets)
 
 
-__all__ = ["Limits", "RateLimited", "RateLimiter", "Reservation", "Usage", "PENDING_SECONDS"]
+__all__ = ["Limits", "RateLimited", "RateLimiter", "Reservation", "Usage", "PENDING_SECONDS", "loosening",
+           "tighten"]

@@ -3,7 +3,8 @@
 ``accept`` commits the job row and only then submits it, so a crash at any point leaves either no job or a
 journalled one that :meth:`JobJournal.recover` queues again at the next start. One follower task per job
 records what happens to it (running, done with its images saved file-first, failed, cancelled) and only then
-calls the delivery listeners, so a listener that raises cannot lose the job's outcome.
+calls the delivery listeners, so a listener that raises cannot lose the job's outcome. Once the listeners are
+done the job's interaction token is forgotten: a secret is not kept longer than it is needed.
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ class JobJournal:
                 log.warning("job %s could not be queued again after a restart: %s", job.id, exc.message)
                 refused = await repository.mark_refused(self.db, job.id, RECOVERY_QUEUE_FULL)
                 await self._notify(refused, [], QueueFullError(RECOVERY_QUEUE_FULL))
+                await repository.clear_interaction_token(self.db, job.id)
                 continue
             self._follow(job, handle)
             recovered.append((job, handle))
@@ -166,17 +168,29 @@ class JobJournal:
         result = GenerationResult(job.worker_job_id, request_of(job), images, job.params.model, elapsed,
                                   job.prompt_truncated)
         await self._notify(job, records, result)
+        await repository.clear_interaction_token(self.db, job.id)
 
     async def cancel(self, job_id: int) -> bool:
-        """Cancel a job for its member (recorded as cancelled, unlike jobs stopped by a shutdown)."""
+        """Cancel a job for its member (recorded as cancelled, unlike jobs stopped by a shutdown).
+
+        A job still waiting is recorded cancelled, and its rate-limit grant given back, before this returns:
+        the member may ask again at once. A running one stops at its next step and is recorded by its follower.
+        """
         handle = self._handles.get(job_id)
         if handle is not None:
+            waiting = handle.status == "queued"
             self._cancel_requested.add(job_id)
-            return handle.cancel()
+            cancelled = handle.cancel()
+            if cancelled and waiting:
+                await repository.cancel_unstarted(self.db, job_id)
+            return cancelled
         job = await repository.get_job(self.db, job_id)
         if job is None or job.status not in ("queued", "running"):
             return False
-        await repository.mark_cancelled(self.db, job_id)
+        if job.status == "queued":
+            await repository.cancel_unstarted(self.db, job_id)
+        else:
+            await repository.mark_cancelled(self.db, job_id)
         return True
 
     async def wait_idle(self) -> None:
@@ -242,6 +256,7 @@ class JobJournal:
             message = outcome.message if isinstance(outcome, GenerationError) else str(outcome) or "failed"
             record = await repository.mark_failed(self.db, job.id, message)
         await self._notify(record, images, outcome)
+        await repository.clear_interaction_token(self.db, job.id)  # delivered (or given up on): no longer needed
 
     async def _store(self, job: JobRecord, result: GenerationResult) -> list[ImageRecord]:
         """Each image: the file (fsynced) first, then its row, so no row ever names a missing file."""

@@ -39,7 +39,7 @@ from bot.bootstrap import RunningBot, build_services, start_bot
 from bot.config import ConfigError, Settings
 from bot.gate.content_filter import FilterConfigError
 from bot.localdiscord import LocalDiscordServer
-from bot.playground.web import PlaygroundWeb
+from bot.playground.web import PlaygroundWeb, beyond_loopback_warning, is_loopback
 from bot.services import ModelInfo
 from generation.loading import LoadedModel, ModelLoadError, load_pipeline
 from generation.safety import SafetyCheckerLoadError
@@ -253,6 +253,9 @@ def startup_text(playground: Playground) -> str:
     """The lines printed once everything runs: the URL first and unmissable."""
     info = playground.model_info
     notes: list[str] = []
+    host = playground.settings.playground.host
+    if not is_loopback(host):
+        notes.append(f"WARNING: {beyond_loopback_warning(host, playground.settings.playground.port)}")
     if info["is_fallback"]:
         notes.append(f"NOTE: {info['configured_model']!r} could not be loaded, so the built-in 'tiny' test model "
                      f"runs (random-pattern images). {REAL_WEIGHTS_HINT}")

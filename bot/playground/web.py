@@ -17,14 +17,21 @@ API (all JSON; ``member`` is a username or user id, ``channel`` a channel name o
   (``message_create``/``message_update``/``message_delete``/``reaction_add``/``reaction_remove``/
   ``interaction_create``/``interaction_response``) with the message's current state under ``message``.
 * ``GET /attachments/{id}/{filename}``: the local server's attachments, same-origin for the page.
+
+Whoever can use the page acts as any member, the server's admin included, so the page guards itself on every
+address it listens on (``playground.host: 0.0.0.0`` too): the Host header must name this machine (the configured
+host, a loopback name, the machine's name, or the address the request arrived on), which defeats DNS rebinding,
+and a request that acts must come from the page's own origin. Listening beyond loopback is warned about loudly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
+import socket
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +51,32 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 NO_CACHE = {"Cache-Control": "no-store"}
 CLIENT_QUEUE_SIZE = 2000
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def is_loopback(host: str) -> bool:
+    """Whether listening on ``host`` keeps the page on this machine (a wildcard or a LAN address does not)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header, without its port (``[::1]:8765`` -> ``::1``), lower-cased."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:header.find("]")] if "]" in header else header[1:]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def beyond_loopback_warning(host: str, port: int) -> str:
+    return (f"The playground page listens on {host or '*'}:{port}, beyond this machine: anyone who can reach "
+            "that address can act as every member of the playground, its admin included. Set playground.host to "
+            "127.0.0.1 unless that is what you want.")
 
 
 class ApiError(Exception):
@@ -65,6 +98,7 @@ class PlaygroundWeb:
         self._clients: weakref.WeakSet[_Client] = weakref.WeakSet()
         self._runner: web.AppRunner | None = None
         self._unsubscribe: Callable[[], None] | None = None
+        self._machine_names: frozenset[str] = frozenset()
         self.app = self._build_app()
 
     @property
@@ -96,9 +130,10 @@ class PlaygroundWeb:
                                 handler: Callable[[web.Request], Any]) -> web.StreamResponse:
         """Only this page may act as members: any web site the person visits could otherwise POST to
         127.0.0.1 or read the WebSocket (cross-site requests carry a foreign ``Origin``), or reach it through DNS
-        rebinding (a foreign ``Host``). Tools without an ``Origin`` (curl, tests) are fine."""
+        rebinding (a foreign ``Host``). Tools without an ``Origin`` (curl, tests) are fine. Checked on every
+        address the page listens on, a wildcard one included."""
         host = request.headers.get("Host", "")
-        if self.host not in ("0.0.0.0", "::", "") and host.rsplit(":", 1)[0].strip("[]") not in self._local_names():
+        if host_name(host) not in self._local_names(request):
             return web.json_response({"error": f"unexpected Host {host!r}; open the page at {self.url}"}, status=403)
         origin = request.headers.get("Origin")
         acting = request.method != "GET" or request.path == "/ws"
@@ -106,8 +141,16 @@ class PlaygroundWeb:
             return web.json_response({"error": "cross-origin requests are refused"}, status=403)
         return await handler(request)
 
-    def _local_names(self) -> set[str]:
-        return {"127.0.0.1", "localhost", "::1", self.host}
+    def _local_names(self, request: web.Request) -> set[str]:
+        """Names a browser may use for this page: loopback, the configured host, this machine's name and the
+        address this request arrived on (an IP literal a browser was pointed at; a rebound DNS name is not)."""
+        names = set(LOOPBACK_NAMES) | set(self._machine_names)
+        if self.host not in WILDCARD_HOSTS:
+            names.add(self.host.lower())
+        sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
+        if sockname:
+            names.add(str(sockname[0]).lower())
+        return names
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Listen on ``host:port`` (0 picks a free port, read back into :attr:`port`)."""
@@ -118,6 +161,9 @@ class PlaygroundWeb:
         await site.start()
         sockets = getattr(site._server, "sockets", None) or []
         self.host, self.port = host, sockets[0].getsockname()[1] if sockets else port
+        if not is_loopback(host):
+            self._machine_names = await asyncio.to_thread(_machine_names)
+            log.warning(beyond_loopback_warning(host, self.port))
 
     async def close(self) -> None:
         if self._unsubscribe is not None:
@@ -416,3 +462,9 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, default=str)
+
+
+def _machine_names() -> frozenset[str]:
+    """This machine's host name and fully qualified name (a LAN visitor may open http://<name>:<port>/)."""
+    names = {socket.gethostname(), socket.getfqdn()}
+    return frozenset(name.lower() for name in names if name)

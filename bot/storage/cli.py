@@ -69,11 +69,14 @@ def db_main(args: argparse.Namespace) -> int:
 
     from bot.config import ConfigError
     from bot.storage.db import current_revision, run_alembic
+    from bot.storage.preflight import check_database
 
     try:
-        settings = _load(getattr(args, "config", None))
+        settings = _load(getattr(args, "config", None) or "config.yaml")
         url = settings.database.url
         command = args.db_command
+        # A bad URL, folder or file, or a revision this version does not know: one message, status 2.
+        check_database(url, create=command == "upgrade")
         if command == "upgrade":
             run_alembic(url, "upgrade", args.revision)
             print(f"database upgraded to {current_revision(url) or 'base'}")

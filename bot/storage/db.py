@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from bot.storage import schema
 
 BUSY_TIMEOUT_MS = 30_000
 _IMMEDIATE = "imagine_immediate"
+PRIVATE_FILE = 0o600
+PRIVATE_FOLDER = 0o700
 
 
 def is_sqlite(url: str) -> bool:
@@ -35,6 +38,15 @@ def sqlite_file(url: str) -> Path | None:
     if parsed.database.startswith("file:"):
         return None
     return Path(parsed.database)
+
+
+def create_private_sqlite_file(path: Path) -> None:
+    """Create a missing SQLite file (and its folder) for the owner only, before SQLite would create it with the
+    umask's permissions: it holds prompts, member ids and interaction tokens. SQLite gives its -wal and -shm
+    files the same permissions. An existing file is left as it is."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_FOLDER)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE))
 
 
 def _install_sqlite_hooks(engine: AsyncEngine, busy_timeout_ms: int) -> None:
@@ -70,10 +82,10 @@ class Database:
 
     @classmethod
     def connect(cls, url: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS, echo: bool = False) -> Database:
-        """Create the engine (no I/O yet); for a SQLite file, its folder is created first."""
+        """Create the engine; a missing SQLite file is created first, private (see create_private_sqlite_file)."""
         path = sqlite_file(url)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            create_private_sqlite_file(path)
         kwargs: dict[str, Any] = {"echo": echo}
         if not is_sqlite(url):
             kwargs["pool_pre_ping"] = True
@@ -133,7 +145,7 @@ def run_alembic(url: str, command: str, revision: str | None = None) -> str | No
 
     path = sqlite_file(url)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        create_private_sqlite_file(path)
     config = alembic_config(url)
     if command == "upgrade":
         alembic_command.upgrade(config, revision or "head")

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import func, literal, or_, select, update
+from sqlalchemy import delete, func, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -195,6 +195,28 @@ async def mark_cancelled(db: Database, job_id: int) -> JobRecord:
     return await _transition(db, job_id, "cancelled", finished_at=utcnow())
 
 
+async def cancel_unstarted(db: Database, job_id: int) -> JobRecord:
+    """Cancel a job that never started, and give its rate-limit grant back, in one transaction.
+
+    The member's slot is free the moment /cancel answers: the job no longer counts as queued and its images no
+    longer count in their window (nothing was generated). A job that already started keeps its ledger entry.
+    """
+    from bot.storage.models import RateLimitEntry
+
+    async with db.session(write=True) as session:
+        await session.execute(
+            update(Job).where(Job.id == job_id, Job.status == "queued")
+            .values(status="cancelled", finished_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        job = await session.get(Job, job_id)
+        if job is None:
+            raise LookupError(f"no job {job_id}")
+        if job.status == "cancelled" and job.started_at is None:
+            await session.execute(delete(RateLimitEntry).where(RateLimitEntry.job_id == job_id))
+        return _job(job)
+
+
 async def requeue(db: Database, job_id: int) -> JobRecord:
     """Put a job left ``running`` by a crash back to ``queued`` (it starts over)."""
     return await _transition(db, job_id, "queued", started_at=None)
@@ -209,6 +231,21 @@ async def set_job_message(db: Database, job_id: int, message_id: int | None) -> 
         job.message_id = message_id
         await session.flush()
         return _job(job)
+
+
+async def clear_interaction_token(db: Database, job_id: int) -> None:
+    """Forget a job's interaction token once its result was delivered (or it ended): nothing needs it any more."""
+    async with db.session(write=True) as session:
+        await session.execute(update(Job).where(Job.id == job_id, Job.interaction_token.is_not(None))
+                              .values(interaction_token=None))
+
+
+async def clear_interaction_tokens_queued_before(db: Database, before: datetime) -> int:
+    """Forget the interaction tokens of jobs queued before ``before`` (Discord no longer takes them)."""
+    async with db.session(write=True) as session:
+        result = await session.execute(update(Job).where(Job.interaction_token.is_not(None), Job.queued_at < before)
+                                       .values(interaction_token=None))
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 async def get_job(db: Database, job_id: int) -> JobRecord | None:

@@ -69,3 +69,57 @@ def test_unreadable_yaml_is_one_clear_message(tmp_path: Path, text: str) -> None
     path.write_text(text)
     with pytest.raises(ConfigError, match=str(path)):
         load_settings(path, environ={})
+
+
+BOT_TOKEN = "MTA5ODc2NTQzMjEwOTg3NjU0.Gx1y2z.abcdefghijklmnopqrstuvwxyz0123"
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        (f"discord: {BOT_TOKEN}\n", "discord"),  # the token pasted as the section itself
+        (f"discord:\n  guild_ids: {BOT_TOKEN}\n", "discord.guild_ids"),  # on the wrong key of its section
+        (f"discord:\n  token: [{BOT_TOKEN}]\n", "discord.token"),
+        ("database:\n  url: [postgresql+asyncpg://bot:hunter2hunter2@db/imagine]\n", "database.url"),
+        ("database: postgresql+asyncpg://bot:hunter2hunter2@db/imagine\n", "database"),
+        (f"logging:\n  level: {BOT_TOKEN}\n", "logging.level"),  # anywhere, a value shaped like a token
+        (f"generation:\n  hf_token: {BOT_TOKEN}\n", "generation.hf_token"),  # an unknown key: never its value
+        (f"{BOT_TOKEN}: 1\n", "(value not shown"),  # a token where a key belongs
+    ],
+)
+def test_a_misplaced_secret_is_never_printed(tmp_path: Path, text: str, key: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    message = str(caught.value)
+    assert BOT_TOKEN not in message and "hunter2hunter2" not in message
+    assert "MTA5ODc2NTQzMjEwOTg3NjU0" not in message
+    if not key.startswith("("):
+        assert key in message  # the admin still learns where the problem is
+
+
+def test_values_under_a_secret_key_are_hidden_even_when_harmless_looking() -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings_from_mapping({"discord": {"progress_edit_seconds": "soon"}}, environ={})
+    message = str(caught.value)
+    assert "discord.progress_edit_seconds" in message and "soon" not in message and "secret" in message
+    with pytest.raises(ConfigError) as caught:
+        settings_from_mapping({"generation": {"max_steps": "lots"}}, environ={})
+    assert "'lots'" in str(caught.value)  # other sections keep showing the value found
+
+
+def test_a_yaml_error_on_the_token_line_does_not_quote_it(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(f"discord:\n  token: {BOT_TOKEN}: oops\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    message = str(caught.value)
+    assert "line 2" in message and BOT_TOKEN not in message and "MTA5ODc2" not in message
+
+
+def test_environment_token_with_a_misplaced_section_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings_from_mapping({"discord": "pasted-here-by-mistake-0123456789"}, environ={"DISCORD_TOKEN": BOT_TOKEN})
+    message = str(caught.value)
+    assert "discord" in message and "pasted-here" not in message and BOT_TOKEN not in message

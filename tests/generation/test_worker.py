@@ -576,3 +576,26 @@ async def test_estimates_count_the_steps_img2img_really_runs(engine: FakeEngine)
         await asyncio.gather(running, txt2img, img2img)
     finally:
         await worker.close()
+
+
+async def test_a_request_that_makes_the_engine_raise_fails_alone(engine: FakeEngine) -> None:
+    """Not out of memory: the batch is bisected all the same, so the members batched with it get their images."""
+    engine.gate = threading.Event()
+    engine.fail_prompts = {"bad"}
+    worker = GenerationWorker(engine, queue_size=8, max_batch_size=4)
+    await worker.start()
+    try:
+        first = worker.submit(req("z", "z"))
+        await wait_thread_event(engine.entered)
+        handles = [worker.submit(req(p, p)) for p in ("a", "bad", "c", "d")]
+        engine.gate.set()
+        outcomes = [await outcome(h) for h in (first, *handles)]
+    finally:
+        await worker.close()
+    by_prompt = dict(zip(["z", "a", "bad", "c", "d"], outcomes, strict=True))
+    assert isinstance(by_prompt["bad"], GenerationFailedError) and by_prompt["bad"].message != OOM_MESSAGE
+    assert handles[1].status == "failed"
+    assert all(isinstance(by_prompt[p], GenerationResult) and len(by_prompt[p].images) == 1 for p in "zacd")
+    # One call for the batch, then halves until "bad" is alone; the good half runs once.
+    assert engine.calls == [["z"], ["a", "bad", "c", "d"], ["a", "bad"], ["a"], ["bad"], ["c", "d"]]
+    assert engine.freed == 0  # not out of memory: nothing to free

@@ -16,6 +16,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.gate.content_filter import term_key
+from bot.gate.rate_limits import Limits, loosening, tighten
 from bot.storage import repository
 from bot.storage.records import GuildSettingsRecord
 from bot.text import MESSAGE_CONTENT_LIMIT, truncate
@@ -40,24 +41,27 @@ def admin_check(interaction: discord.Interaction) -> bool:
     return True
 
 
-def settings_summary(record: GuildSettingsRecord, settings: Any) -> str:
-    """What /settings show answers: overrides next to the config's defaults."""
-    limits = settings.rate_limits
+def settings_summary(record: GuildSettingsRecord, settings: Any, host: Limits) -> str:
+    """What /settings show answers: the limits in force (the server's, never looser than the host's) and why."""
     cf = settings.content_filter
+    effective = tighten(host, record)
 
-    def show(value: object, default: object) -> str:
-        return f"**{value}**" if value is not None else f"{default} (config default)"
+    def show(own: int | None, value: int, allowed: int) -> str:
+        if own is None:
+            return f"{value} (the bot's default)"
+        return f"**{value}** (this server's; the bot allows {allowed})"
 
     lines = [
         f"Blocked terms: **{len(record.blocked_terms)}** (`/settings blocked list` shows them)",
-        "Shipped content rules: " + show(None if record.default_filter_rules is None
-                                         else ("on" if record.default_filter_rules else "off"),
-                                         "on" if cf.default_rules else "off"),
-        f"NSFW policy override: {show(record.nsfw_policy, 'none')} — config: {cf.nsfw_policy} "
-        f"(NSFW channels: {cf.nsfw_channel_policy})",
-        f"Images per window: {show(record.images_per_window, limits.images_per_window)}",
-        f"Window (seconds): {show(record.window_seconds, limits.window_seconds)}",
-        f"Jobs waiting per member: {show(record.max_queued_per_user, limits.max_queued_per_user)}",
+        "Shipped content rules: " + (f"**{'on' if record.default_filter_rules else 'off'}**"
+                                     if record.default_filter_rules is not None
+                                     else f"{'on' if cf.default_rules else 'off'} (config default)"),
+        f"NSFW policy override: {f'**{record.nsfw_policy}**' if record.nsfw_policy else 'none'} — "
+        f"config: {cf.nsfw_policy} (NSFW channels: {cf.nsfw_channel_policy})",
+        f"Images per window: {show(record.images_per_window, effective.images_per_window, host.images_per_window)}",
+        f"Window (seconds): {show(record.window_seconds, effective.window_seconds, host.window_seconds)}",
+        "Jobs waiting per member: "
+        f"{show(record.max_queued_per_user, effective.max_queued_per_user, host.max_queued_per_user)}",
     ]
     return "\n".join(lines)
 
@@ -124,7 +128,8 @@ class Admin(commands.Cog):
     async def show(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         record = await repository.get_guild_settings(self.services.db, interaction.guild_id)
-        await self._reply(interaction, settings_summary(record, self.services.settings))
+        host = self.services.rate_limiter.host_limits(interaction.guild_id)
+        await self._reply(interaction, settings_summary(record, self.services.settings, host))
 
     @settings_group.command(name="nsfw", description="What to do with images the safety checker flags")
     @app_commands.check(admin_check)
@@ -151,12 +156,12 @@ class Admin(commands.Cog):
         await self._reply(interaction, f"The shipped content rules are now **{effective}** on this server"
                           + (" (the bot's default)." if value is None else "."))
 
-    @settings_group.command(name="limits", description="Override the rate limits for this server")
+    @settings_group.command(name="limits", description="Tighten the rate limits for this server")
     @app_commands.check(admin_check)
     @app_commands.describe(
-        images_per_window="images a member may make per window (0 switches generation off)",
-        window_seconds="length of the sliding window in seconds",
-        max_queued="jobs a member may have waiting at once",
+        images_per_window="images a member may make per window (0 switches generation off; at most the bot's)",
+        window_seconds="length of the sliding window in seconds (at least the bot's)",
+        max_queued="jobs a member may have waiting at once (at most the bot's)",
         reset="clear all overrides (back to the bot's config)",
     )
     async def limits(
@@ -169,6 +174,7 @@ class Admin(commands.Cog):
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         db, guild_id = self.services.db, interaction.guild_id
+        host = self.services.rate_limiter.host_limits(guild_id)
         if reset:
             record = await repository.update_guild_settings(db, guild_id, images_per_window=None,
                                                             window_seconds=None, max_queued_per_user=None)
@@ -183,9 +189,15 @@ class Admin(commands.Cog):
             if not changes:
                 await self._reply(interaction, "Give at least one value to change, or `reset: True`.")
                 return
+            too_loose = loosening(host, **changes)
+            if too_loose:
+                await self._reply(interaction, (
+                    f"Nothing was changed: this bot allows {' and '.join(too_loose)} here, and a server's settings "
+                    "can only tighten the bot's limits. Choose values within them."))
+                return
             record = await repository.update_guild_settings(db, guild_id, **changes)
         log.info("limits changed", extra={"guild": guild_id, "by": interaction.user.id})
-        await self._reply(interaction, "Saved.\n" + settings_summary(record, self.services.settings))
+        await self._reply(interaction, "Saved.\n" + settings_summary(record, self.services.settings, host))
 
     # --- stats ---------------------------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import LimitOverride, RateLimitSettings
-from bot.gate.rate_limits import PENDING_SECONDS, RateLimited, RateLimiter
+from bot.gate.rate_limits import PENDING_SECONDS, Limits, RateLimited, RateLimiter, loosening
 from bot.storage import repository as repo
 from bot.storage.db import Database
 from tests.helpers import new_job
@@ -137,20 +137,86 @@ async def test_overrides_guild_config_db_and_roles(db: Database) -> None:
                                  3: LimitOverride(images_per_window=1)})
     assert (await rl.limits_for(G)).images_per_window == 10
     assert (await rl.limits_for(G + 1)).images_per_window == 5
-    await repo.update_guild_settings(db, G, images_per_window=12, max_queued_per_user=4)
-    limits = await rl.limits_for(G)
-    assert (limits.images_per_window, limits.max_queued_per_user) == (12, 4)  # the guild's own setting wins
     # Role 2 (30 per minute) is more generous than role 1 (50 per hour); the most queued jobs among roles.
-    limits = await rl.limits_for(G, role_ids=(1, 2, 3, 4))
+    limits = await rl.limits_for(G, role_ids=(1, 2, 4))
     assert (limits.images_per_window, limits.window_seconds, limits.max_queued_per_user) == (30, 60, 9)
+    limits = await rl.limits_for(G, role_ids=(1, 3))  # role 3 sets no queue limit: it keeps the base's 100
+    assert (limits.images_per_window, limits.max_queued_per_user) == (50, 100)
     assert (await rl.limits_for(G, role_ids=(3,))).images_per_window == 1
-    await rl.reserve(G, U, 12)
+    await rl.reserve(G, U, 10)
     with pytest.raises(RateLimited):
         await rl.reserve(G, U, 1)
     with pytest.raises(RateLimited):
-        await rl.reserve(G, U, 30, role_ids=(2,))  # the 12 images count in the role's one-minute window too
+        await rl.reserve(G, U, 30, role_ids=(2,))  # the 10 images count in the role's one-minute window too
     clock.advance(61)
     await rl.reserve(G, U, 30, role_ids=(2,))
+
+
+async def test_a_servers_own_settings_only_tighten_the_hosts(db: Database) -> None:
+    rl = limiter(db, Clock(), images_per_window=20, window_seconds=3600, max_queued_per_user=3,
+                 role_overrides={1: LimitOverride(images_per_window=30, window_seconds=60, max_queued_per_user=9)})
+    # A row written before the rule (or by hand): far looser than the host's config. It loosens nothing.
+    await repo.update_guild_settings(db, G, images_per_window=10_000, window_seconds=1, max_queued_per_user=100)
+    limits = await rl.limits_for(G)
+    assert (limits.images_per_window, limits.window_seconds, limits.max_queued_per_user) == (20, 3600, 3)
+    await rl.reserve(G, U, 20)
+    with pytest.raises(RateLimited) as info:
+        await rl.reserve(G, U, 1)
+    assert info.value.kind == "window"
+    # Stricter values apply, to every member of the server, role holders included.
+    await repo.update_guild_settings(db, G, images_per_window=4, window_seconds=7200, max_queued_per_user=1)
+    limits = await rl.limits_for(G)
+    assert (limits.images_per_window, limits.window_seconds, limits.max_queued_per_user) == (4, 7200, 1)
+    role = await rl.limits_for(G, role_ids=(1,))
+    assert (role.images_per_window, role.window_seconds, role.max_queued_per_user) == (4, 7200, 1)
+    # Other servers keep the host's limits.
+    other = await rl.limits_for(G + 1)
+    assert (other.images_per_window, other.window_seconds, other.max_queued_per_user) == (20, 3600, 3)
+
+
+def test_loosening_names_each_limit_a_setting_would_exceed() -> None:
+    host = Limits(images_per_window=20, window_seconds=3600, max_queued_per_user=3)
+    assert loosening(host, images_per_window=20, window_seconds=3600, max_queued_per_user=3) == []
+    assert loosening(host, images_per_window=0, window_seconds=86400, max_queued_per_user=0) == []
+    assert loosening(host, images_per_window=10_000, window_seconds=1, max_queued_per_user=100) == [
+        "at most 20 image(s) per window", "a window of at least 3600 seconds", "at most 3 job(s) waiting per member"]
+
+
+async def test_one_server_holds_at_most_its_share_of_the_queue_exactly(db: Database) -> None:
+    clock = Clock()
+    settings = RateLimitSettings(images_per_window=100, max_queued_per_user=10, max_queue_share_per_guild=0.5)
+    rl = RateLimiter(db, settings, queue_size=8, clock=clock)
+    assert rl.server_cap == 4
+
+    async def attempt(guild: int, user: int) -> RateLimited | None:
+        try:
+            await rl.reserve(guild, user, 1)
+            return None
+        except RateLimited as exc:
+            return exc
+
+    # 20 members of one server at once, and 2 members of another: the first server gets exactly 4 slots.
+    results = await asyncio.gather(*(attempt(G, U + i) for i in range(20)), attempt(G + 1, U), attempt(G + 1, U + 1))
+    refusals = [r for r in results[:20] if r is not None]
+    assert len(refusals) == 16 and results[20] is None and results[21] is None
+    assert {r.kind for r in refusals} == {"server_share"}
+    assert "this server already has 4 job(s)" in refusals[0].reason and "try again" in refusals[0].reason
+    # Journalled jobs count while queued or running; a finished one frees a slot.
+    ids = [await _job(db, user=U + 100 + i) for i in range(2)]
+    clock.advance(PENDING_SECONDS + 1)  # the 4 reservations above were never journalled: they lapse
+    for i in range(2):
+        await rl.reserve(G, U + 200 + i, 1)
+    assert await attempt(G, U + 300) is not None  # 2 jobs + 2 pending reservations
+    await repo.mark_done(db, ids[0])
+    assert await attempt(G, U + 300) is None
+    # Direct messages have no server, and no share to count against.
+    assert rl.server_cap == 4 and await attempt(None, U) is None
+
+
+def test_no_share_limit_unless_configured_below_one(db: Database) -> None:
+    assert RateLimiter(db, RateLimitSettings(), queue_size=64).server_cap is None
+    assert RateLimiter(db, RateLimitSettings(max_queue_share_per_guild=0.5)).server_cap is None
+    assert RateLimiter(db, RateLimitSettings(max_queue_share_per_guild=0.01), queue_size=10).server_cap == 1
 
 
 async def test_exact_under_concurrency(db: Database) -> None:

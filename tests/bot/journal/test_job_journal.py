@@ -172,6 +172,31 @@ async def test_failure_and_cancel_are_recorded(db: Database, worker: FakeWorker,
     assert not await journal.cancel(cancelled.id)
 
 
+async def test_cancelling_a_waiting_job_frees_the_members_slot_at_once(db: Database, worker: FakeWorker,
+                                                                       tmp_path: Path) -> None:
+    """No wait for the follower: the job stops counting as queued, and its images are given back."""
+    journal = JobJournal(db, worker, tmp_path / "images", "tiny")
+    limiter = RateLimiter(db, RateLimitSettings(images_per_window=2, max_queued_per_user=1))
+    waiting, _ = await journal.accept(request(count=2), **ORIGIN, reservation=await limiter.reserve(10, 30, 2))
+    assert (await limiter.usage(10, 30)).queued == 1
+    assert await journal.cancel(waiting.id)
+    # Straight after /cancel answers (the follower has not recorded anything yet):
+    assert (await repo.get_job(db, waiting.id)).status == "cancelled"
+    usage = await limiter.usage(10, 30)
+    assert (usage.queued, usage.used) == (0, 0)
+    again = await limiter.reserve(10, 30, 2)
+    await journal.wait_idle()
+    assert (await repo.get_job(db, waiting.id)).status == "cancelled"
+    # A job cancelled while running keeps its grant (the images were being made).
+    running, _ = await journal.accept(request(count=2), **ORIGIN, reservation=again)
+    worker.run(running.id)
+    await repo.mark_running(db, running.id)
+    assert await journal.cancel(running.id)
+    await journal.wait_idle()
+    assert (await repo.get_job(db, running.id)).status == "cancelled"
+    assert (await limiter.usage(10, 30)).used == 2
+
+
 async def test_queue_full_marks_refused_and_links_reservation(db: Database, tmp_path: Path) -> None:
     worker = FakeWorker(tmp_path / "journal.db", capacity=1)
     journal = JobJournal(db, worker, tmp_path / "images", "tiny")

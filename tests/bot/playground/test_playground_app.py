@@ -77,3 +77,17 @@ async def test_work_in_a_daemon_thread_returns_or_raises_like_to_thread() -> Non
     assert await in_daemon_thread(sum, [1, 2, 3]) == 6
     with pytest.raises(ZeroDivisionError):
         await in_daemon_thread(divmod, 1, 0)
+
+
+def test_the_start_up_text_warns_when_the_page_listens_beyond_loopback() -> None:
+    from bot.playground.app import startup_text
+
+    def text(host: str) -> str:
+        settings = settings_from_mapping({"playground": {"host": host, "port": 8765}}, environ={})
+        info = {"is_fallback": False, "model": "sd15", "configured_model": "sd15", "device": "cuda"}
+        shown = startup_text(SimpleNamespace(settings=settings, model_info=info, url="http://127.0.0.1:8765/"))
+        return " ".join(shown.split())  # the notes are wrapped to the terminal
+
+    assert "WARNING" in text("0.0.0.0") and "beyond this machine" in text("0.0.0.0")
+    assert "WARNING" in text("192.168.1.5")
+    assert "WARNING" not in text("127.0.0.1") and "beyond" not in text("localhost")
