@@ -1,16 +1,15 @@
 """Per-member limits: images per sliding window and jobs waiting at once, counted in the database.
 
 Counting ledger rows (not memory) means a restart does not hand everyone a fresh allowance. Exactness under
-concurrency: for one member, check and insert happen under an ``asyncio.Lock`` and inside one write
-transaction, so 20 simultaneous requests accept exactly what the limits allow; other members use other locks.
+concurrency, across processes too: for one member, check and insert happen in one write transaction that holds
+a database lock for that member (:meth:`Database.hold_lock`: an advisory lock on PostgreSQL, the write lock on
+SQLite), so 20 simultaneous requests from any number of bot processes accept exactly what the limits allow.
 A granted reservation is pending until :meth:`RateLimiter.attach` links it to its journalled job; while
 pending (for at most ``PENDING_SECONDS``) it also counts as a queued job, so concurrent requests see it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -102,16 +101,6 @@ class RateLimiter:
         self.db = db
         self.settings = settings
         self.clock = clock
-        self._locks: weakref.WeakValueDictionary[tuple[int | None, int], asyncio.Lock] = (
-            weakref.WeakValueDictionary())
-
-    def _lock(self, guild_id: int | None, user_id: int) -> asyncio.Lock:
-        key = (guild_id, user_id)
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._locks[key] = lock
-        return lock
 
     def _resolve(self, guild_row: GuildSettings | None, guild_id: int | None, role_ids: Iterable[int]) -> Limits:
         s = self.settings
@@ -157,7 +146,8 @@ class RateLimiter:
         if images < 1:
             raise ValueError("images must be at least 1")
         role_ids = tuple(role_ids)
-        async with self._lock(guild_id, user_id), self.db.session(write=True) as session:
+        async with self.db.session(write=True) as session:
+            await self.db.hold_lock(session, "rate-limit", guild_id, user_id)
             now = self.clock()
             row = await session.get(GuildSettings, guild_id) if guild_id is not None else None
             limits = self._resolve(row, guild_id, role_ids)
@@ -197,7 +187,7 @@ class RateLimiter:
 
     async def release(self, reservation: Reservation) -> None:
         """Give the images back (the job was refused after all, e.g. the queue was full). Idempotent."""
-        async with self._lock(reservation.guild_id, reservation.user_id), self.db.session(write=True) as session:
+        async with self.db.session(write=True) as session:
             await session.execute(delete(RateLimitEntry).where(RateLimitEntry.id == reservation.entry_id))
 
     async def usage(self, guild_id: int | None, user_id: int, role_ids: Iterable[int] = ()) -> Usage:

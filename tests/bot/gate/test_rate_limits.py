@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,14 +25,6 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'rl.db'}")
-    await database.create_all()
-    yield database
-    await database.close()
 
 
 def limiter(db: Database, clock: Clock, **settings: object) -> RateLimiter:
@@ -176,3 +167,23 @@ async def test_exact_under_concurrency(db: Database) -> None:
             return False
 
     assert sum(await asyncio.gather(*(attempt_queued() for _ in range(20)))) == 3
+
+
+async def test_exact_across_processes(db: Database) -> None:
+    """Two bot processes share the database (two engines, two pools, no shared memory): still exactly 7."""
+    other = Database.connect(db.url)
+    limiters = [limiter(db, Clock(), images_per_window=7), limiter(other, Clock(), images_per_window=7)]
+
+    async def attempt(rl: RateLimiter) -> bool:
+        try:
+            await rl.reserve(G, U, 1)
+            return True
+        except RateLimited:
+            return False
+
+    try:
+        results = await asyncio.gather(*(attempt(limiters[i % 2]) for i in range(24)))
+    finally:
+        await other.close()
+    assert sum(results) == 7
+    assert (await limiters[0].usage(G, U)).used == 7
