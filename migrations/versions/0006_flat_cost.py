@@ -3,6 +3,7 @@
 * ``ix_jobs_guild_user_id`` (guild, user, id): /history takes a member's newest 10 jobs without sorting them all.
 * ``ix_jobs_undelivered`` (status, finished_at) WHERE message_id IS NULL: the start-up query for results saved
   but never posted reads only jobs without a result message (partial index: SQLite and PostgreSQL both have it).
+* ``ix_contests_channel_id`` (channel, id): a channel's latest contest for /contest status.
 * ``ix_images_pruned_created_at`` replaces ``ix_images_created_at``: ``db prune`` reads only the stored images
   older than its date, not the pruned majority of a long history.
 * ``guild_status_counts``, ``guild_member_counts``, ``guild_counters``: /stats reads these maintained counts
@@ -60,6 +61,7 @@ def upgrade() -> None:
                     sqlite_where=UNDELIVERED, postgresql_where=UNDELIVERED)
     op.drop_index("ix_images_created_at", table_name="images")
     op.create_index("ix_images_pruned_created_at", "images", ["pruned", "created_at"], unique=False)
+    op.create_index("ix_contests_channel_id", "contests", ["channel_id", "id"], unique=False)
 
     op.create_table(
         "guild_status_counts",
@@ -94,6 +96,7 @@ def downgrade() -> None:
     op.drop_index("ix_guild_member_counts_guild_images", table_name="guild_member_counts")
     op.drop_table("guild_member_counts")
     op.drop_table("guild_status_counts")
+    op.drop_index("ix_contests_channel_id", table_name="contests")
     op.drop_index("ix_images_pruned_created_at", table_name="images")
     op.create_index("ix_images_created_at", "images", ["created_at"], unique=False)
     op.drop_index("ix_jobs_undelivered", table_name="jobs")
