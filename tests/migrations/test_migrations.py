@@ -160,6 +160,8 @@ def test_db_cli_upgrade_current_downgrade(tmp_path: Path, capsys) -> None:  # no
     assert code == 0 and "deleted 0 file(s)" in out
     code, _, err = run("prune", older_than="thirty days")
     assert code == 2 and "30d" in err
+    code, out, _ = run("sweep")
+    assert code == 0 and "removed 0 file(s)" in out
     bad = tmp_path / "bad.yaml"
     bad.write_text("database:\n  urll: x\n")
     assert db_main(argparse.Namespace(config=str(bad), db_command="current")) == 2
