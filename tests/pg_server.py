@@ -37,10 +37,12 @@ class PostgresUnavailable(RuntimeError):
 
 
 def find_bin_dir() -> Path | None:
-    """The folder holding initdb/pg_ctl/createdb/dropdb: ``IMAGINE_PG_BIN``, the PATH, or Debian's newest."""
+    """The folder holding initdb/pg_ctl/createdb/dropdb: ``IMAGINE_PG_BIN`` when set (and only it), else the
+    PATH, else Debian's newest ``/usr/lib/postgresql/<version>/bin``."""
     candidates: list[Path] = []
     if os.environ.get("IMAGINE_PG_BIN"):
         candidates.append(Path(os.environ["IMAGINE_PG_BIN"]))
+        return candidates[0] if all((candidates[0] / name).is_file() for name in _BINARIES) else None
     on_path = shutil.which("pg_ctl")
     if on_path:
         candidates.append(Path(on_path).resolve().parent)
