@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub.add_parser("current", parents=[config], help="show the database's revision")
     prune = db_sub.add_parser("prune", parents=[config], help="delete old image files (rows stay, marked pruned)")
     prune.add_argument("--older-than", required=True, help="age such as 30d, 12h or 90m")
+    db_sub.add_parser("sweep", help="check every image file against the database (run with the bot stopped)")
     return parser
 
 

@@ -1,9 +1,10 @@
 """Per-member limits: images per sliding window and jobs waiting at once, counted in the database.
 
 Counting ledger rows (not memory) means a restart does not hand everyone a fresh allowance. Exactness under
-concurrency: for one member, check and insert happen under an ``asyncio.Lock`` and inside one write
-transaction, so 20 simultaneous requests accept exactly what the limits allow; other members use other locks.
-A granted reservation is pending until :meth:`RateLimiter.attach` links it to its journalled job; while
+concurrency, across processes too: for one member, check and insert happen in one write transaction that holds
+a database lock for that member (:meth:`Database.hold_lock`: an advisory lock on PostgreSQL, the write lock on
+SQLite), so 20 simultaneous requests from any number of bot processes accept exactly what the limits allow.
+A granted reservation is pending until the journal links it to its job; while
 pending (for at most ``PENDING_SECONDS``) it also counts as a queued job, so concurrent requests see it.
 
 The host's config is the ceiling: a server's own settings (``/settings limits``, stored in ``guild_settings``)
@@ -14,22 +15,17 @@ that check runs under a per-server lock, in the same write transaction, so it is
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
-import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import delete, func, select, update
-
 from bot.clock import utcnow
 from bot.config import RateLimitSettings
 from bot.storage.db import Database
-from bot.storage.models import GuildSettings, Job, RateLimitEntry
-from bot.storage.records import UNFINISHED
+from bot.storage.ledger import drop_grant, ledger_transaction
+from bot.storage.records import GuildSettingsRecord
 
 PENDING_SECONDS = 120
 
@@ -103,7 +99,7 @@ def _apply(limits: Limits, override: Any) -> Limits:
     return Limits(**{name: getattr(limits, name) if value is None else value for name, value in values.items()})
 
 
-def tighten(limits: Limits, server: Any) -> Limits:
+def tighten(limits: Limits, server: GuildSettingsRecord | None) -> Limits:
     """A server's own settings applied to the host's ``limits``: each may only make them stricter.
 
     Fewer images, a longer window, fewer jobs waiting; a value that would loosen a limit is ignored.
@@ -133,7 +129,7 @@ def loosening(limits: Limits, *, images_per_window: int | None = None, window_se
 
 
 class RateLimiter:
-    """``reserve`` before journalling a job; ``attach`` once it is journalled; ``release`` if it is refused."""
+    """``reserve`` before journalling a job (the journal links the grant to it); ``release`` if it is refused."""
 
     def __init__(self, db: Database, settings: RateLimitSettings, *, queue_size: int | None = None,
                  clock: Callable[[], datetime] = utcnow) -> None:
@@ -142,8 +138,6 @@ class RateLimiter:
         self.settings = settings
         self.clock = clock
         self.server_cap = self._server_cap(queue_size)
-        self._locks: weakref.WeakValueDictionary[tuple[str, int | None, int], asyncio.Lock] = (
-            weakref.WeakValueDictionary())
 
     def _server_cap(self, queue_size: int | None) -> int | None:
         """Jobs (queued or running) one server may hold at once; None: no limit beyond the queue itself."""
@@ -151,14 +145,6 @@ class RateLimiter:
         if queue_size is None or share >= 1.0:
             return None
         return max(1, math.floor(share * queue_size))
-
-    def _lock(self, kind: str, guild_id: int | None, user_id: int = 0) -> asyncio.Lock:
-        key = (kind, guild_id, user_id)
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._locks[key] = lock
-        return lock
 
     def host_limits(self, guild_id: int | None, role_ids: Iterable[int] = ()) -> Limits:
         """What the host's config allows a member here: the base, the server's override, the best role."""
@@ -173,44 +159,9 @@ class RateLimiter:
         best = max(roles, key=lambda lim: (lim.images_per_window / lim.window_seconds, lim.images_per_window))
         return Limits(best.images_per_window, best.window_seconds, max(r.max_queued_per_user for r in roles))
 
-    def _resolve(self, guild_row: GuildSettings | None, guild_id: int | None, role_ids: Iterable[int]) -> Limits:
+    def _resolve(self, server: GuildSettingsRecord | None, guild_id: int | None, role_ids: Iterable[int]) -> Limits:
         limits = self.host_limits(guild_id, role_ids)
-        return tighten(limits, guild_row) if guild_id is not None else limits
-
-    async def limits_for(self, guild_id: int | None, role_ids: Iterable[int] = ()) -> Limits:
-        async with self.db.session() as session:
-            row = await session.get(GuildSettings, guild_id) if guild_id is not None else None
-            return self._resolve(row, guild_id, role_ids)
-
-    @staticmethod
-    def _member(model: Any, guild_id: int | None, user_id: int) -> list[Any]:
-        return [model.guild_id == guild_id, model.user_id == user_id]
-
-    async def _queued(self, session: Any, guild_id: int | None, user_id: int, now: datetime) -> int:
-        jobs = await session.scalar(select(func.count(Job.id)).where(
-            *self._member(Job, guild_id, user_id), Job.status.in_(UNFINISHED)))
-        pending = await session.scalar(select(func.count(RateLimitEntry.id)).where(
-            *self._member(RateLimitEntry, guild_id, user_id), RateLimitEntry.job_id.is_(None),
-            RateLimitEntry.at > now - timedelta(seconds=PENDING_SECONDS)))
-        return int(jobs or 0) + int(pending or 0)
-
-    @staticmethod
-    async def _server_jobs(session: Any, guild_id: int, now: datetime) -> int:
-        """A server's jobs queued or running, plus its reservations not journalled yet."""
-        jobs = await session.scalar(select(func.count(Job.id)).where(
-            Job.guild_id == guild_id, Job.status.in_(UNFINISHED)))
-        pending = await session.scalar(select(func.count(RateLimitEntry.id)).where(
-            RateLimitEntry.guild_id == guild_id, RateLimitEntry.job_id.is_(None),
-            RateLimitEntry.at > now - timedelta(seconds=PENDING_SECONDS)))
-        return int(jobs or 0) + int(pending or 0)
-
-    async def _window(self, session: Any, guild_id: int | None, user_id: int, now: datetime,
-                      limits: Limits) -> list[tuple[datetime, int]]:
-        rows = await session.execute(
-            select(RateLimitEntry.at, RateLimitEntry.images)
-            .where(*self._member(RateLimitEntry, guild_id, user_id), RateLimitEntry.at > now - limits.window)
-            .order_by(RateLimitEntry.at, RateLimitEntry.id))
-        return [(at, int(images)) for at, images in rows]
+        return tighten(limits, server) if guild_id is not None else limits
 
     async def reserve(self, guild_id: int | None, user_id: int, images: int,
                       role_ids: Iterable[int] = ()) -> Reservation:
@@ -218,31 +169,31 @@ class RateLimiter:
         if images < 1:
             raise ValueError("images must be at least 1")
         role_ids = tuple(role_ids)
-        server_lock = self._lock("server", guild_id) if self.server_cap is not None and guild_id is not None \
-            else contextlib.nullcontext()
+        capped = self.server_cap is not None and guild_id is not None
         # Always the server's lock before the member's: one order everywhere, so no two requests deadlock.
-        async with server_lock, self._lock("member", guild_id, user_id), self.db.session(write=True) as session:
+        locks = ([("rate-limit-server", guild_id)] if capped else []) + [("rate-limit", guild_id, user_id)]
+        async with ledger_transaction(self.db, locks, write=True) as ledger:
             now = self.clock()
-            row = await session.get(GuildSettings, guild_id) if guild_id is not None else None
-            limits = self._resolve(row, guild_id, role_ids)
+            pending_since = now - timedelta(seconds=PENDING_SECONDS)
+            limits = self._resolve(await ledger.guild_settings(guild_id), guild_id, role_ids)
             window_text = _describe_window(limits.window_seconds)
             if images > limits.images_per_window:
                 raise RateLimited(now + limits.window, (
                     f"you can ask for at most {limits.images_per_window} image(s) per {window_text}"
                     if limits.images_per_window else "image generation is switched off for you here"), "too_large")
-            queued = await self._queued(session, guild_id, user_id, now)
+            queued = await ledger.held_jobs(guild_id, user_id, pending_since)
             if queued >= limits.max_queued_per_user:
                 raise RateLimited(now, (
                     f"you already have {queued} job(s) waiting or running (at most "
                     f"{limits.max_queued_per_user}); try again when one of your jobs finishes"), "queued")
-            if self.server_cap is not None and guild_id is not None:
-                held = await self._server_jobs(session, guild_id, now)
-                if held >= self.server_cap:
+            if capped:
+                held = await ledger.held_jobs(guild_id, None, pending_since)
+                if held >= self.server_cap:  # type: ignore[operator]
                     raise RateLimited(now, (
                         f"this server already has {held} job(s) waiting or running, its whole share of the "
                         "bot's queue (other servers use it too); try again when some of them finish"),
                         "server_share")
-            entries = await self._window(session, guild_id, user_id, now, limits)
+            entries = await ledger.grants_since(guild_id, user_id, now - limits.window)
             used = sum(n for _, n in entries)
             if used + images > limits.images_per_window:
                 retry_at = now + limits.window
@@ -255,31 +206,20 @@ class RateLimiter:
                 raise RateLimited(retry_at, (
                     f"you have used {used} of your {limits.images_per_window} image(s) per {window_text}"),
                     "window")
-            entry = RateLimitEntry(guild_id=guild_id, user_id=user_id, images=images, at=now, job_id=None)
-            session.add(entry)
-            await session.flush()
-            return Reservation(entry.id, guild_id, user_id, images, now, limits)
-
-    async def attach(self, reservation: Reservation, job_id: int) -> None:
-        """Link the reservation to its journalled job (it then counts as queued through the job's status)."""
-        async with self.db.session(write=True) as session:
-            await session.execute(update(RateLimitEntry).where(RateLimitEntry.id == reservation.entry_id)
-                                  .values(job_id=job_id))
+            entry_id = await ledger.grant(guild_id, user_id, images, now)
+            return Reservation(entry_id, guild_id, user_id, images, now, limits)
 
     async def release(self, reservation: Reservation) -> None:
         """Give the images back (the job was refused after all, e.g. the queue was full). Idempotent."""
-        async with self._lock("member", reservation.guild_id, reservation.user_id), \
-                self.db.session(write=True) as session:
-            await session.execute(delete(RateLimitEntry).where(RateLimitEntry.id == reservation.entry_id))
+        await drop_grant(self.db, reservation.entry_id)
 
     async def usage(self, guild_id: int | None, user_id: int, role_ids: Iterable[int] = ()) -> Usage:
-        """What a member has used, for a /limits or /stats reply."""
-        async with self.db.session() as session:
+        """What a member has used and may use here (``/history`` shows it)."""
+        async with ledger_transaction(self.db) as ledger:
             now = self.clock()
-            row = await session.get(GuildSettings, guild_id) if guild_id is not None else None
-            limits = self._resolve(row, guild_id, tuple(role_ids))
-            entries = await self._window(session, guild_id, user_id, now, limits)
-            queued = await self._queued(session, guild_id, user_id, now)
+            limits = self._resolve(await ledger.guild_settings(guild_id), guild_id, tuple(role_ids))
+            entries = await ledger.grants_since(guild_id, user_id, now - limits.window)
+            queued = await ledger.held_jobs(guild_id, user_id, now - timedelta(seconds=PENDING_SECONDS))
             resets = entries[0][0] + limits.window if entries else None
             return Usage(sum(n for _, n in entries), limits, queued, resets)
 

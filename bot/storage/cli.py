@@ -1,4 +1,4 @@
-"""``imagine-bot db upgrade [rev] | downgrade [rev] | current | prune --older-than 30d``.
+"""``imagine-bot db upgrade [rev] | downgrade [rev] | current | prune --older-than 30d | sweep``.
 
 Problems an admin can fix (bad config, unknown revision, database not migrated) print one message and
 return a non-zero status instead of a traceback.
@@ -62,6 +62,19 @@ async def _prune(url: str, images_dir: Path, age: timedelta) -> str:
             + (f" ({report.already_missing} file(s) were already gone)" if report.already_missing else ""))
 
 
+async def _sweep(url: str, images_dir: Path) -> str:
+    from bot.storage.db import Database
+    from bot.storage.images import sweep_everything
+
+    db = Database.connect(url)
+    try:
+        report = await sweep_everything(db, images_dir)
+    finally:
+        await db.close()
+    return (f"checked every image: removed {len(report.orphan_files_removed)} file(s) no row names, marked "
+            f"{len(report.rows_marked_missing)} row(s) whose file is gone as pruned")
+
+
 def db_main(args: argparse.Namespace) -> int:
     """Run one ``imagine-bot db`` sub-command; returns the process exit status."""
     from alembic.util.exc import CommandError
@@ -89,6 +102,8 @@ def db_main(args: argparse.Namespace) -> int:
         elif command == "prune":
             age = parse_age(args.older_than)
             print(asyncio.run(_prune(url, settings.storage.images_dir, age)))
+        elif command == "sweep":
+            print(asyncio.run(_sweep(url, settings.storage.images_dir)))
         else:
             print(f"unknown db command {command!r}", file=sys.stderr)
             return 2

@@ -40,6 +40,7 @@ class Contest(Base):
         Index("uq_contests_running_channel", "channel_id", unique=True,
               sqlite_where=text("state = 'running'"), postgresql_where=text("state = 'running'")),
         Index("ix_contests_guild_state", "guild_id", "state"),
+        Index("ix_contests_channel_id", "channel_id", "id"),  # a channel's latest contest (/contest status)
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

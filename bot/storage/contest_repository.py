@@ -2,8 +2,10 @@
 
 Rule checks that must be exact under concurrency (max entries, double votes, the voting window) run *inside*
 the write transaction that inserts the row: the caller passes a ``validate`` callback that raises to refuse,
-so two simultaneous clicks can never both pass a check made before either wrote. The unique constraints are
-the last line of defence (PostgreSQL, or a check forgotten in code).
+so two simultaneous clicks can never both pass a check made before either wrote. On SQLite the write session
+holds the database's write lock; on PostgreSQL the contest row is locked (``FOR UPDATE`` to enter, finish or
+cancel, ``FOR SHARE`` to vote, so votes do not wait for each other but none slips past the final count).
+The unique constraints are the last line of defence (a check forgotten in code).
 """
 
 from __future__ import annotations
@@ -149,7 +151,7 @@ async def mark_voting_announced(db: Database, contest_id: int, at: datetime) -> 
 async def cancel_contest(db: Database, contest_id: int, at: datetime) -> ContestRecord | None:
     """Cancel a running contest (None when it was not running); its entries stay for the record."""
     async with db.session(write=True) as session:
-        row = await session.get(Contest, contest_id)
+        row = await session.get(Contest, contest_id, with_for_update=True)
         if row is None or row.state != "running":
             return None
         row.state, row.finished_at, row.results_posted_at = "cancelled", at, at
@@ -169,7 +171,7 @@ async def finish_contest(db: Database, contest_id: int, at: datetime,
     stored result.
     """
     async with db.session(write=True) as session:
-        row = await session.get(Contest, contest_id)
+        row = await session.get(Contest, contest_id, with_for_update=True)
         if row is None or row.state != "running":
             return None
         tallied = await _tallies(session, contest_id)
@@ -218,7 +220,7 @@ async def add_entry(db: Database, *, contest_id: int, member_id: int, job_id: in
     ``validate`` receives None as the candidate when the job or its image does not exist.
     """
     async with db.session(write=True) as session:
-        contest = await session.get(Contest, contest_id)
+        contest = await session.get(Contest, contest_id, with_for_update=True)
         if contest is None:
             raise NotFound(f"contest {contest_id}")
         record = _contest(contest)
@@ -279,7 +281,10 @@ async def delete_entry(db: Database, entry_id: int) -> EntryRecord | None:
 
 
 async def _tallies(session: AsyncSession, contest_id: int) -> list[TalliedEntry]:
+    # Only this contest's votes are counted (its entries, then their votes by index), not every contest's.
     votes = (select(ContestVote.entry_id, func.count(ContestVote.id).label("n"))
+             .join(ContestEntry, ContestEntry.id == ContestVote.entry_id)
+             .where(ContestEntry.contest_id == contest_id)
              .group_by(ContestVote.entry_id).subquery())
     stmt = (select(ContestEntry, func.coalesce(votes.c.n, 0), Image.path, Image.pruned)
             .outerjoin(votes, votes.c.entry_id == ContestEntry.id)
@@ -322,7 +327,7 @@ async def _vote_target(session: AsyncSession, entry_id: int, voter_id: int) -> t
     entry = await session.get(ContestEntry, entry_id)
     if entry is None:
         raise NotFound(f"entry {entry_id}")
-    contest = _contest(await session.get_one(Contest, entry.contest_id))
+    contest = _contest(await session.get_one(Contest, entry.contest_id, with_for_update={"read": True}))
     vote_id = await session.scalar(select(ContestVote.id).where(
         ContestVote.entry_id == entry_id, ContestVote.voter_id == voter_id))
     return contest, _entry(entry), vote_id

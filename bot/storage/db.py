@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, func, select
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -106,6 +107,19 @@ class Database:
                 # Procured before any statement, so the BEGIN of this transaction sees the option.
                 await session.connection(execution_options={_IMMEDIATE: True})
             yield session
+
+    async def hold_lock(self, session: AsyncSession, *key: object) -> None:
+        """Wait for, and hold until ``session``'s transaction ends, a lock named by ``key`` in every process.
+
+        It makes a read-then-write exact across bot processes where no single row can be locked (a member's
+        rate limit is a count of ledger rows). PostgreSQL: a transaction-level advisory lock on a 64-bit hash of
+        the key. SQLite: nothing more to do, as a ``write=True`` session already holds the database's one write
+        lock from BEGIN -- so call it inside a write session.
+        """
+        if self.is_sqlite:
+            return
+        digest = hashlib.blake2b(repr(key).encode("utf-8"), digest_size=8).digest()
+        await session.execute(select(func.pg_advisory_xact_lock(int.from_bytes(digest, "big", signed=True))))
 
     async def create_all(self) -> None:
         """Create the tables straight from the models (tests); production uses :func:`upgrade_to_head`."""

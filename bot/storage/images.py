@@ -1,8 +1,11 @@
 """PNG files on disk, kept consistent with the ``images`` rows.
 
 Order of writes: the file is written to a temporary name, fsynced and renamed into place BEFORE its row is
-committed, so a row never names a file that is not complete. A crash between the two leaves at worst a file
-without a row, which :func:`sweep_orphans` removes at the next start. All file I/O runs in a thread.
+committed, so a row never names a file that is not complete, and a job is marked done only after all its rows.
+A crash therefore leaves at worst a temporary file or a file without a row, and only for a job the journal
+still holds as queued or running: :func:`sweep_orphans` checks exactly those at the next start, so start-up
+costs the same whatever the size of the history. :func:`sweep_everything` (``imagine-bot db sweep``) checks
+every file and row. All file I/O runs in a thread.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 from bot.clock import utcnow
 from bot.storage import repository
 from bot.storage.db import Database
-from bot.storage.records import ImageRecord
+from bot.storage.records import ImageRecord, JobRecord
 
 TMP_SUFFIX = ".tmp"
 
@@ -106,53 +109,112 @@ def _files_under(images_dir: Path) -> list[Path]:
     return [p for p in images_dir.rglob("*") if p.is_file()]
 
 
+def _normalised(images_dir: Path, path: str) -> str:
+    """A row's file as a plain string, without ``Path.resolve`` (a system call per path component)."""
+    return os.path.normpath(resolve(images_dir, path))
+
+
 def _remove(paths: list[Path]) -> None:
     for path in paths:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
 
 
-def _remove_empty_dirs(images_dir: Path) -> None:
+def _remove_empty_dirs(images_dir: Path, folders: set[Path] | None = None) -> None:
+    """Remove empty folders: ``folders`` (and their empty parents inside ``images_dir``), else all of them."""
     if not images_dir.is_dir():
         return
-    for directory in sorted((p for p in images_dir.rglob("*") if p.is_dir()), key=lambda p: len(p.parts),
-                            reverse=True):
+    if folders is None:
+        folders = {p for p in images_dir.rglob("*") if p.is_dir()}
+    else:
+        folders = {parent for folder in folders for parent in (folder, *folder.parents)
+                   if parent != images_dir and parent.is_relative_to(images_dir)}
+    for directory in sorted(folders, key=lambda p: len(p.parts), reverse=True):
         with contextlib.suppress(OSError):
             directory.rmdir()  # only succeeds when empty
 
 
-async def sweep_orphans(db: Database, images_dir: Path) -> SweepReport:
-    """At start (before the worker runs): delete files no row names, and mark rows whose file is gone.
+def _leftovers_of(images_dir: Path, jobs: list[JobRecord], rows: list[ImageRecord]) -> tuple[list[Path], list[int]]:
+    """The files a crash can have left for ``jobs`` that no row names, and the rows whose file is gone."""
+    known = {_normalised(images_dir, row.path) for row in rows}
+    candidates: list[Path] = []
+    tmp_prefixes: dict[Path, list[str]] = {}
+    for job in jobs:
+        for index in range(job.count):
+            target = images_dir / image_relpath(job.id, index)
+            candidates.append(target)
+            tmp_prefixes.setdefault(target.parent, []).append(f".{job.id}-")
+    for folder, prefixes in tmp_prefixes.items():
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError), os.scandir(folder) as entries:
+            candidates.extend(Path(entry.path) for entry in entries
+                              if entry.name.endswith(TMP_SUFFIX) and entry.name.startswith(tuple(prefixes)))
+    orphans = [path for path in candidates if os.path.normpath(path) not in known and path.is_file()]
+    missing = [row.id for row in rows if not row.pruned and not resolve(images_dir, row.path).is_file()]
+    return orphans, missing
 
-    A row with a missing file is marked ``pruned`` so nobody tries to post it; the row itself stays.
+
+async def sweep_orphans(db: Database, images_dir: Path) -> SweepReport:
+    """At start (before the worker runs): remove what a crash left behind, looking only where it can be.
+
+    That is the files of jobs still queued or running: temporary files, and files whose row was never
+    committed (deleted; the job runs again and writes them anew). Their rows whose file is gone are marked
+    ``pruned`` so nobody tries to post them. Cost: the unfinished jobs, never the whole history.
     """
     images_dir = Path(images_dir)
     report = SweepReport()
-    known = await repository.all_image_paths(db)
-    known_files = {resolve(images_dir, p).resolve() for p in known}
-    files = await asyncio.to_thread(_files_under, images_dir)
-    orphans = [f for f in files if f.resolve() not in known_files]
+    jobs = await repository.unfinished_jobs(db)
+    if not jobs:
+        return report
+    rows = await repository.images_of_jobs(db, [job.id for job in jobs])
+    orphans, missing = await asyncio.to_thread(_leftovers_of, images_dir, jobs, rows)
+    await _apply(db, images_dir, report, orphans, missing)
+    return report
+
+
+async def _apply(db: Database, images_dir: Path, report: SweepReport, orphans: list[Path],
+                 missing: list[int]) -> None:
     await asyncio.to_thread(_remove, orphans)
     report.orphan_files_removed = sorted(str(f.relative_to(images_dir)) for f in orphans)
-
-    rows = await repository.stored_images(db)
-    exists = await asyncio.to_thread(lambda: [resolve(images_dir, r.path).is_file() for r in rows])
-    missing = [r.id for r, ok in zip(rows, exists, strict=True) if not ok]
     await repository.mark_images_pruned(db, missing)
     report.rows_marked_missing = missing
+    await asyncio.to_thread(_remove_empty_dirs, images_dir, {f.parent for f in orphans})
+
+
+def _unknown_files(images_dir: Path, known_paths: set[str], rows: list[ImageRecord]) -> tuple[list[Path], list[int]]:
+    known = {_normalised(images_dir, path) for path in known_paths}
+    orphans = [f for f in _files_under(images_dir) if os.path.normpath(f) not in known]
+    missing = [row.id for row in rows if not resolve(images_dir, row.path).is_file()]
+    return orphans, missing
+
+
+async def sweep_everything(db: Database, images_dir: Path) -> SweepReport:
+    """Every file against every row (``imagine-bot db sweep``, with the bot stopped): files no row names are
+    deleted, rows whose file is gone are marked ``pruned``. Reads the whole history; never run at start."""
+    images_dir = Path(images_dir)
+    report = SweepReport()
+    known = await repository.all_image_paths(db)
+    rows = await repository.stored_images(db)
+    orphans, missing = await asyncio.to_thread(_unknown_files, images_dir, known, rows)
+    await _apply(db, images_dir, report, orphans, missing)
     await asyncio.to_thread(_remove_empty_dirs, images_dir)
     return report
 
 
 async def prune(db: Database, images_dir: Path, older_than: timedelta) -> PruneReport:
-    """Delete the files of images created more than ``older_than`` ago and mark their rows pruned."""
+    """Delete the files of images created more than ``older_than`` ago and mark their rows pruned.
+
+    Only the old rows still stored are read (an index serves it) and only their folders are tidied, so a
+    prune that finds little to do costs little at any history size.
+    """
     images_dir = Path(images_dir)
     rows = await repository.stored_images(db, older_than=utcnow() - older_than)
 
     def delete() -> PruneReport:
         report = PruneReport()
+        folders: set[Path] = set()
         for row in rows:
             path = resolve(images_dir, row.path)
+            folders.add(path.parent)
             try:
                 size = path.stat().st_size
                 path.unlink()
@@ -161,7 +223,7 @@ async def prune(db: Database, images_dir: Path, older_than: timedelta) -> PruneR
                 continue
             report.files_deleted += 1
             report.bytes_freed += size
-        _remove_empty_dirs(images_dir)
+        _remove_empty_dirs(images_dir, folders)
         return report
 
     report = await asyncio.to_thread(delete)

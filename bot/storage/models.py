@@ -23,12 +23,14 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.storage.base import Base, UTCDateTime
 
 JOB_STATUSES = ("queued", "running", "done", "failed", "refused", "cancelled")
+UNDELIVERED = text("message_id IS NULL")
 
 
 class Member(Base):
@@ -72,6 +74,11 @@ class Job(Base):
         CheckConstraint(f"status IN ({', '.join(repr(s) for s in JOB_STATUSES)})", name="status"),
         Index("ix_jobs_status_id", "status", "id"),
         Index("ix_jobs_guild_user_status", "guild_id", "user_id", "status"),
+        # /history: a member's newest jobs in a guild, read backwards from the end of the index.
+        Index("ix_jobs_guild_user_id", "guild_id", "user_id", "id"),
+        # Start-up re-delivery: only jobs without a result message are in it, so it stays small.
+        Index("ix_jobs_undelivered", "status", "finished_at", sqlite_where=UNDELIVERED,
+              postgresql_where=UNDELIVERED),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -110,7 +117,11 @@ class Image(Base):
     """One stored PNG; the row stays after its file is pruned (``pruned``) so history and stats survive."""
 
     __tablename__ = "images"
-    __table_args__ = (UniqueConstraint("job_id", "index", name="uq_images_job_id_index"),)
+    __table_args__ = (
+        UniqueConstraint("job_id", "index", name="uq_images_job_id_index"),
+        # `db prune`: the files still stored that are older than a date, without reading the pruned ones.
+        Index("ix_images_pruned_created_at", "pruned", "created_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
@@ -124,7 +135,7 @@ class Image(Base):
     nsfw: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     pruned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     message_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class ModerationEvent(Base):
@@ -162,3 +173,40 @@ class RateLimitEntry(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
 
+
+
+# --- maintained aggregates (revision 0006) ------------------------------------------------------------------
+# /stats reads these instead of counting a guild's whole history; the repository updates them in the same
+# transaction as the job, image or moderation event they count. Direct messages (no guild) are not counted.
+
+
+class GuildStatusCount(Base):
+    """How many of a guild's jobs are in each status."""
+
+    __tablename__ = "guild_status_counts"
+
+    guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    jobs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class GuildMemberCount(Base):
+    """A member's jobs and images in one guild: the guild's member count and its busiest members."""
+
+    __tablename__ = "guild_member_counts"
+    __table_args__ = (Index("ix_guild_member_counts_guild_images", "guild_id", "images", "user_id"),)
+
+    guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    jobs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    images: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class GuildCounter(Base):
+    """A guild's totals that belong to no member row: images stored and prompts refused."""
+
+    __tablename__ = "guild_counters"
+
+    guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    images: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    moderation_events: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

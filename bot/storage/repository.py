@@ -1,7 +1,17 @@
 """Every query the bot makes, as plain async functions returning frozen records (never ORM objects).
 
 Only SQLAlchemy constructs are used (no dialect-specific SQL text), so SQLite and PostgreSQL behave alike.
-Status changes are conditional updates: a job that already finished is never moved back by a late event.
+Status changes are conditional: a job that already finished is never moved back by a late event.
+
+Exact under concurrency on both databases: a read-then-write transaction locks the row it read
+(``SELECT ... FOR UPDATE`` on PostgreSQL; on SQLite ``write=True`` sessions hold the database's write lock
+from BEGIN), and counters are incremented in SQL, never read, added to and written back.
+
+/stats counts come from maintained aggregates (``guild_status_counts``, ``guild_member_counts``,
+``guild_counters``) updated in the same transaction as the rows they count, so they never drift from them and
+reading them costs the same at any history size. Rows of several counters are always touched in one order
+(status counts, member counts, guild counters; keys sorted) so concurrent PostgreSQL transactions cannot
+deadlock on them.
 """
 
 from __future__ import annotations
@@ -12,14 +22,25 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, literal, or_, select, update
+from sqlalchemy import delete, false, func, literal, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.clock import utcnow
-from bot.storage.base import UTCDateTime
+from bot.storage.base import Base, UTCDateTime
 from bot.storage.db import Database
-from bot.storage.models import GuildSettings, Image, Job, Member, ModerationEvent
+from bot.storage.models import (
+    GuildCounter,
+    GuildMemberCount,
+    GuildSettings,
+    GuildStatusCount,
+    Image,
+    Job,
+    Member,
+    ModerationEvent,
+    RateLimitEntry,
+)
 from bot.storage.records import (
     UNFINISHED,
     GuildSettingsRecord,
@@ -71,18 +92,67 @@ def _image(row: Image) -> ImageRecord:
     return _record(ImageRecord, row)
 
 
+# --- maintained aggregates ----------------------------------------------------------------------------------
+
+
+async def _add_to_counters(session: AsyncSession, model: type[Base], keys: Sequence[str],
+                           rows: Iterable[dict[str, Any]]) -> None:
+    """Add each row's other columns to the counter row with the same ``keys``, creating it at zero first.
+
+    One ``INSERT ... ON CONFLICT DO UPDATE`` (both databases have it) with the rows in key order, so two
+    transactions lock shared counter rows in the same order.
+    """
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        key = tuple(row[k] for k in keys)
+        if key in merged:
+            for name, value in row.items():
+                if name not in keys:
+                    merged[key][name] += value
+        else:
+            merged[key] = dict(row)
+    values = [merged[key] for key in sorted(merged)
+              if any(value for name, value in merged[key].items() if name not in keys)]
+    if not values:
+        return
+    dialect = postgresql if session.bind.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(model).values(values)
+    increments = {name: getattr(model, name) + getattr(stmt.excluded, name) for name in values[0] if name not in keys}
+    await session.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_=increments))
+
+
+async def _count_statuses(session: AsyncSession, guild_id: int | None, changes: dict[str, int]) -> None:
+    if guild_id is not None:
+        await _add_to_counters(session, GuildStatusCount, ("guild_id", "status"),
+                               [{"guild_id": guild_id, "status": status, "jobs": n} for status, n in changes.items()])
+
+
+async def _count_member(session: AsyncSession, guild_id: int | None, user_id: int, *, jobs: int = 0,
+                        images: int = 0) -> None:
+    if guild_id is not None:
+        await _add_to_counters(session, GuildMemberCount, ("guild_id", "user_id"),
+                               [{"guild_id": guild_id, "user_id": user_id, "jobs": jobs, "images": images}])
+
+
+async def _count_guild(session: AsyncSession, guild_id: int | None, *, images: int = 0,
+                       moderation_events: int = 0) -> None:
+    if guild_id is not None:
+        await _add_to_counters(session, GuildCounter, ("guild_id",), [
+            {"guild_id": guild_id, "images": images, "moderation_events": moderation_events}])
+
+
 # --- members -----------------------------------------------------------------------------------------------
 
 
 async def _touch_member(session: AsyncSession, user_id: int, jobs: int, images: int, at: datetime) -> Member:
-    member = await session.get(Member, user_id)
+    member = await session.get(Member, user_id, with_for_update=True)
     if member is None:
         try:
             async with session.begin_nested():
                 member = Member(user_id=user_id, first_seen=at, last_seen=at, total_jobs=0, total_images=0)
                 session.add(member)
         except IntegrityError:  # another process created it first (PostgreSQL without a write lock)
-            member = await session.get(Member, user_id, populate_existing=True)
+            member = await session.get(Member, user_id, populate_existing=True, with_for_update=True)
             assert member is not None
     member.last_seen = max(member.last_seen, at)
     member.total_jobs += jobs
@@ -126,8 +196,6 @@ async def create_job(
     ledger_entry_id: int | None = None,
 ) -> JobRecord:
     """Journal a new job (status ``queued``), count it for the member, and link its rate-limit entry."""
-    from bot.storage.models import RateLimitEntry
-
     now = utcnow()
     async with db.session(write=True) as session:
         job = Job(
@@ -141,6 +209,8 @@ async def create_job(
             await session.execute(update(RateLimitEntry).where(RateLimitEntry.id == ledger_entry_id)
                                   .values(job_id=job.id))
         await _touch_member(session, user_id, 1, params.count, now)
+        await _count_statuses(session, guild_id, {"queued": 1})
+        await _count_member(session, guild_id, user_id, jobs=1)
         return _job(job)
 
 
@@ -155,16 +225,22 @@ _ALLOWED_FROM: dict[str, tuple[str, ...]] = {
 
 
 async def _transition(db: Database, job_id: int, status: JobStatus, **values: Any) -> JobRecord:
-    """Move a job to ``status`` only from the states that may lead there; return the job as it now is."""
+    """Move a job to ``status`` only from the states that may lead there; return the job as it now is.
+
+    The row is locked while its old status is read, so the status counters move exactly once per change.
+    """
     async with db.session(write=True) as session:
-        await session.execute(
-            update(Job).where(Job.id == job_id, Job.status.in_(_ALLOWED_FROM[status]))
-            .values(status=status, **values)
-            .execution_options(synchronize_session=False)
-        )
-        job = await session.get(Job, job_id)
+        job = await session.get(Job, job_id, with_for_update=True)
         if job is None:
             raise LookupError(f"no job {job_id}")
+        old = job.status
+        if old not in _ALLOWED_FROM[status]:
+            return _job(job)
+        await session.execute(update(Job).where(Job.id == job_id).values(status=status, **values)
+                              .execution_options(synchronize_session=False))
+        if old != status:
+            await _count_statuses(session, job.guild_id, {old: -1, status: 1})
+        await session.refresh(job)
         return _job(job)
 
 
@@ -322,6 +398,9 @@ async def add_image(
         if row is None:
             row = Image(job_id=job_id, index=index, message_id=None)
             session.add(row)
+            job = await session.get_one(Job, job_id)
+            await _count_member(session, job.guild_id, job.user_id, images=1)
+            await _count_guild(session, job.guild_id, images=1)
         row.seed, row.path, row.sha256, row.size_bytes = seed, path, sha256, size_bytes
         row.width, row.height, row.nsfw, row.pruned, row.created_at = width, height, nsfw, False, now
         await session.flush()
@@ -358,12 +437,27 @@ async def set_image_nsfw(db: Database, image_id: int, nsfw: bool) -> None:
 
 
 async def stored_images(db: Database, *, older_than: datetime | None = None) -> list[ImageRecord]:
-    """Images whose file should exist (not pruned), optionally only those created before a time."""
+    """Images whose file should exist (not pruned), optionally only those created before a time, oldest first.
+
+    ``pruned = false`` (not ``IS false``) so the (pruned, created_at) index serves it without reading the
+    pruned rows, which are most of a long history.
+    """
     async with db.session() as session:
-        stmt = select(Image).where(Image.pruned.is_(False)).order_by(Image.id)
+        stmt = select(Image).where(Image.pruned == false()).order_by(Image.created_at, Image.id)
         if older_than is not None:
             stmt = stmt.where(Image.created_at < older_than)
         return [_image(i) for i in await session.scalars(stmt)]
+
+
+async def images_of_jobs(db: Database, job_ids: Sequence[int]) -> list[ImageRecord]:
+    """Every image row (pruned or not) of the given jobs; in chunks, under SQLite's bound-parameter limit."""
+    ids = list(job_ids)
+    records: list[ImageRecord] = []
+    async with db.session() as session:
+        for start in range(0, len(ids), 500):
+            stmt = select(Image).where(Image.job_id.in_(ids[start:start + 500])).order_by(Image.id)
+            records.extend(_image(i) for i in await session.scalars(stmt))
+    return records
 
 
 async def all_image_paths(db: Database) -> set[str]:
@@ -408,6 +502,7 @@ async def record_moderation_event(
         )
         session.add(event)
         await session.flush()
+        await _count_guild(session, guild_id, moderation_events=1)
         return _record(ModerationEventRecord, event)
 
 
@@ -422,7 +517,7 @@ async def moderation_events(db: Database, guild_id: int | None, limit: int = 20)
 # --- guild settings ----------------------------------------------------------------------------------------
 
 
-def _guild(row: GuildSettings | None, guild_id: int) -> GuildSettingsRecord:
+def guild_record(row: GuildSettings | None, guild_id: int) -> GuildSettingsRecord:
     if row is None:
         return GuildSettingsRecord(guild_id=guild_id, blocked_terms=(), nsfw_policy=None, images_per_window=None,
                                    window_seconds=None, max_queued_per_user=None, contest_channel_id=None,
@@ -438,7 +533,7 @@ def _guild(row: GuildSettings | None, guild_id: int) -> GuildSettingsRecord:
 async def get_guild_settings(db: Database, guild_id: int) -> GuildSettingsRecord:
     """A guild's settings; a guild never configured gets the empty record (config.yaml decides)."""
     async with db.session() as session:
-        return _guild(await session.get(GuildSettings, guild_id), guild_id)
+        return guild_record(await session.get(GuildSettings, guild_id), guild_id)
 
 
 async def update_guild_settings(
@@ -456,14 +551,14 @@ async def update_guild_settings(
 ) -> GuildSettingsRecord:
     """Change what is given (``None`` clears an override); blocked terms are trimmed, de-duplicated, sorted."""
     async with db.session(write=True) as session:
-        row = await session.get(GuildSettings, guild_id)
+        row = await session.get(GuildSettings, guild_id, with_for_update=True)
         if row is None:
             try:
                 async with session.begin_nested():
                     row = GuildSettings(guild_id=guild_id, blocked_terms=[], updated_at=utcnow())
                     session.add(row)
             except IntegrityError:
-                row = await session.get(GuildSettings, guild_id, populate_existing=True)
+                row = await session.get(GuildSettings, guild_id, populate_existing=True, with_for_update=True)
                 assert row is not None
         terms = {t for t in (row.blocked_terms or [])}
         terms |= {t.strip() for t in add_terms if t.strip()}
@@ -477,7 +572,7 @@ async def update_guild_settings(
                 setattr(row, name, value)
         row.updated_at = utcnow()
         await session.flush()
-        return _guild(row, guild_id)
+        return guild_record(row, guild_id)
 
 
 async def add_blocked_terms(db: Database, guild_id: int, terms: Iterable[str]) -> tuple[str, ...]:
@@ -496,19 +591,21 @@ async def list_blocked_terms(db: Database, guild_id: int) -> tuple[str, ...]:
 
 
 async def guild_stats(db: Database, guild_id: int, *, top: int = 5) -> GuildStats:
-    """Counts for a guild's /stats: jobs per status, images stored, distinct members, busiest members."""
+    """Counts for a guild's /stats: jobs per status, images stored, distinct members, busiest members.
+
+    Read from the maintained aggregates: a handful of rows whatever the size of the guild's history.
+    """
     async with db.session() as session:
         by_status = {status: int(n) for status, n in await session.execute(
-            select(Job.status, func.count(Job.id)).where(Job.guild_id == guild_id).group_by(Job.status))}
-        images = int(await session.scalar(
-            select(func.count(Image.id)).join(Job, Image.job_id == Job.id).where(Job.guild_id == guild_id)) or 0)
+            select(GuildStatusCount.status, GuildStatusCount.jobs)
+            .where(GuildStatusCount.guild_id == guild_id, GuildStatusCount.jobs > 0))}
+        totals = await session.get(GuildCounter, guild_id)
         members = int(await session.scalar(
-            select(func.count(func.distinct(Job.user_id))).where(Job.guild_id == guild_id)) or 0)
-        per_member = func.count(Image.id).label("n")
+            select(func.count()).select_from(GuildMemberCount).where(GuildMemberCount.guild_id == guild_id)) or 0)
         top_rows = await session.execute(
-            select(Job.user_id, per_member).join(Image, Image.job_id == Job.id).where(Job.guild_id == guild_id)
-            .group_by(Job.user_id).order_by(per_member.desc(), Job.user_id).limit(top))
-        events = int(await session.scalar(
-            select(func.count(ModerationEvent.id)).where(ModerationEvent.guild_id == guild_id)) or 0)
-        return GuildStats(guild_id=guild_id, jobs_by_status=by_status, images=images, members=members,
-                          top_members=tuple((int(u), int(n)) for u, n in top_rows), moderation_events=events)
+            select(GuildMemberCount.user_id, GuildMemberCount.images)
+            .where(GuildMemberCount.guild_id == guild_id, GuildMemberCount.images > 0)
+            .order_by(GuildMemberCount.images.desc(), GuildMemberCount.user_id).limit(top))
+        return GuildStats(guild_id=guild_id, jobs_by_status=by_status, images=totals.images if totals else 0,
+                          members=members, top_members=tuple((int(u), int(n)) for u, n in top_rows),
+                          moderation_events=totals.moderation_events if totals else 0)

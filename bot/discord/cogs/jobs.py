@@ -17,10 +17,11 @@ from discord.ext import commands, tasks
 from bot.clock import utcnow
 from bot.discord import formatting
 from bot.discord.delivery import TOKEN_LIFETIME
+from bot.gate.rate_limits import Usage
 from bot.storage import repository
 from bot.storage.images import read_image
 from bot.storage.records import UNFINISHED, ImageRecord, JobRecord
-from bot.text import MESSAGE_CONTENT_LIMIT, discord_timestamp, truncate
+from bot.text import MESSAGE_CONTENT_LIMIT, discord_timestamp, format_duration, truncate
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,16 @@ def message_link(job: JobRecord) -> str | None:
     if job.message_id is None:
         return None
     return f"https://discord.com/channels/{job.guild_id or '@me'}/{job.channel_id}/{job.message_id}"
+
+
+def usage_line(usage: Usage) -> str:
+    """How much of their allowance a member has used here, and when it frees up."""
+    limits = usage.limits
+    line = (f"-# {usage.used} of {limits.images_per_window} image(s) used in the last "
+            f"{format_duration(limits.window_seconds)}; {usage.queued} job(s) waiting or running")
+    if usage.resets_at is not None and usage.used:
+        line += f"; the oldest frees up {discord_timestamp(usage.resets_at, 'R')}"
+    return line + "."
 
 
 def history_lines(jobs: list[JobRecord]) -> str:
@@ -102,7 +113,10 @@ class Jobs(commands.Cog):
         await interaction.response.defer(ephemeral=True, thinking=True)
         jobs = await repository.jobs_for_user(self.services.db, interaction.guild_id, interaction.user.id,
                                               limit=HISTORY_LIMIT)
-        await interaction.edit_original_response(content=history_lines(jobs))
+        roles = tuple(role.id for role in getattr(interaction.user, "roles", ()))
+        usage = await self.services.rate_limiter.usage(interaction.guild_id, interaction.user.id, roles)
+        await interaction.edit_original_response(content=truncate(
+            f"{usage_line(usage)}\n{history_lines(jobs)}", MESSAGE_CONTENT_LIMIT))
 
     @app_commands.command(name="job", description="Show a job again, with its parameters")
     @app_commands.guild_only()

@@ -1,4 +1,5 @@
-"""Fixtures for the contest tests: a fresh SQLite database, a hand-driven clock and a finished job factory."""
+"""Fixtures for the contest tests: a hand-driven clock and a finished job factory (``db``: tests/conftest.py,
+on SQLite and on PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -20,16 +21,6 @@ GUILD = 1000
 CHANNEL = 2000
 
 MakeJob = Callable[..., Awaitable[int]]
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'contests.db'}")
-    await database.create_all()
-    try:
-        yield database
-    finally:
-        await database.close()
 
 
 @pytest.fixture

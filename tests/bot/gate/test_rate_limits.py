@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -29,14 +28,6 @@ class Clock:
         self.now += timedelta(seconds=seconds)
 
 
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'rl.db'}")
-    await database.create_all()
-    yield database
-    await database.close()
-
-
 def limiter(db: Database, clock: Clock, **settings: object) -> RateLimiter:
     base: dict[str, object] = {"images_per_window": 5, "window_seconds": 3600, "max_queued_per_user": 100}
     return RateLimiter(db, RateLimitSettings(**{**base, **settings}), clock=clock)
@@ -47,6 +38,12 @@ async def _job(db: Database, user: int = U, guild: int | None = G, ledger: int |
                                 seed=1, steps=1, guidance=1.0, width=8, height=8, count=1, scheduler="euler",
                                 model="tiny", ledger_entry_id=ledger)
     return job.id
+
+
+
+async def limits_of(rl: RateLimiter, guild_id: int, role_ids: tuple[int, ...] = ()) -> Limits:
+    """The limits a member of ``guild_id`` with ``role_ids`` gets (as /history shows them)."""
+    return (await rl.usage(guild_id, 0, role_ids=role_ids)).limits
 
 
 async def test_sliding_window_counts_images_and_says_when(db: Database) -> None:
@@ -92,7 +89,7 @@ async def test_survives_a_restart(db: Database, tmp_path: Path) -> None:
         await reopened.close()
 
 
-async def test_queued_jobs_limit_pending_attach_release(db: Database) -> None:
+async def test_queued_jobs_limit_pending_journalled_release(db: Database) -> None:
     clock = Clock()
     rl = limiter(db, clock, images_per_window=100, max_queued_per_user=2)
     a = await rl.reserve(G, U, 1)
@@ -101,7 +98,7 @@ async def test_queued_jobs_limit_pending_attach_release(db: Database) -> None:
         await rl.reserve(G, U, 1)
     assert info.value.kind == "queued" and "finishes" in info.value.reason
     job_a = await _job(db, ledger=a.entry_id)
-    await rl.attach(b, await _job(db))
+    await _job(db, ledger=b.entry_id)  # journalling a job links its grant to it
     with pytest.raises(RateLimited):
         await rl.reserve(G, U, 1)  # both jobs queued now
     await repo.mark_done(db, job_a)
@@ -135,14 +132,14 @@ async def test_overrides_guild_config_db_and_roles(db: Database) -> None:
                  role_overrides={1: LimitOverride(images_per_window=50, max_queued_per_user=7),
                                  2: LimitOverride(images_per_window=30, window_seconds=60, max_queued_per_user=9),
                                  3: LimitOverride(images_per_window=1)})
-    assert (await rl.limits_for(G)).images_per_window == 10
-    assert (await rl.limits_for(G + 1)).images_per_window == 5
+    assert (await limits_of(rl, G)).images_per_window == 10
+    assert (await limits_of(rl, G + 1)).images_per_window == 5
     # Role 2 (30 per minute) is more generous than role 1 (50 per hour); the most queued jobs among roles.
-    limits = await rl.limits_for(G, role_ids=(1, 2, 4))
+    limits = await limits_of(rl, G, role_ids=(1, 2, 4))
     assert (limits.images_per_window, limits.window_seconds, limits.max_queued_per_user) == (30, 60, 9)
-    limits = await rl.limits_for(G, role_ids=(1, 3))  # role 3 sets no queue limit: it keeps the base's 100
+    limits = await limits_of(rl, G, role_ids=(1, 3))  # role 3 sets no queue limit: it keeps the base's 100
     assert (limits.images_per_window, limits.max_queued_per_user) == (50, 100)
-    assert (await rl.limits_for(G, role_ids=(3,))).images_per_window == 1
+    assert (await limits_of(rl, G, role_ids=(3,))).images_per_window == 1
     await rl.reserve(G, U, 10)
     with pytest.raises(RateLimited):
         await rl.reserve(G, U, 1)
@@ -157,7 +154,7 @@ async def test_a_servers_own_settings_only_tighten_the_hosts(db: Database) -> No
                  role_overrides={1: LimitOverride(images_per_window=30, window_seconds=60, max_queued_per_user=9)})
     # A row written before the rule (or by hand): far looser than the host's config. It loosens nothing.
     await repo.update_guild_settings(db, G, images_per_window=10_000, window_seconds=1, max_queued_per_user=100)
-    limits = await rl.limits_for(G)
+    limits = await limits_of(rl, G)
     assert (limits.images_per_window, limits.window_seconds, limits.max_queued_per_user) == (20, 3600, 3)
     await rl.reserve(G, U, 20)
     with pytest.raises(RateLimited) as info:
@@ -165,12 +162,12 @@ async def test_a_servers_own_settings_only_tighten_the_hosts(db: Database) -> No
     assert info.value.kind == "window"
     # Stricter values apply, to every member of the server, role holders included.
     await repo.update_guild_settings(db, G, images_per_window=4, window_seconds=7200, max_queued_per_user=1)
-    limits = await rl.limits_for(G)
+    limits = await limits_of(rl, G)
     assert (limits.images_per_window, limits.window_seconds, limits.max_queued_per_user) == (4, 7200, 1)
-    role = await rl.limits_for(G, role_ids=(1,))
+    role = await limits_of(rl, G, role_ids=(1,))
     assert (role.images_per_window, role.window_seconds, role.max_queued_per_user) == (4, 7200, 1)
     # Other servers keep the host's limits.
-    other = await rl.limits_for(G + 1)
+    other = await limits_of(rl, G + 1)
     assert (other.images_per_window, other.window_seconds, other.max_queued_per_user) == (20, 3600, 3)
 
 
@@ -243,3 +240,23 @@ async def test_exact_under_concurrency(db: Database) -> None:
             return False
 
     assert sum(await asyncio.gather(*(attempt_queued() for _ in range(20)))) == 3
+
+
+async def test_exact_across_processes(db: Database) -> None:
+    """Two bot processes share the database (two engines, two pools, no shared memory): still exactly 7."""
+    other = Database.connect(db.url)
+    limiters = [limiter(db, Clock(), images_per_window=7), limiter(other, Clock(), images_per_window=7)]
+
+    async def attempt(rl: RateLimiter) -> bool:
+        try:
+            await rl.reserve(G, U, 1)
+            return True
+        except RateLimited:
+            return False
+
+    try:
+        results = await asyncio.gather(*(attempt(limiters[i % 2]) for i in range(24)))
+    finally:
+        await other.close()
+    assert sum(results) == 7
+    assert (await limiters[0].usage(G, U)).used == 7

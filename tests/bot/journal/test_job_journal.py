@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image
+from sqlalchemy import select
 
 from bot.config import RateLimitSettings
 from bot.gate.rate_limits import RateLimiter
 from bot.journal.job_journal import JobJournal, request_of
 from bot.storage import repository as repo
 from bot.storage.db import Database
+from bot.storage.models import Job, RateLimitEntry
 from generation.request import GenerationRequest
 from generation.worker import (
     GeneratedImage,
@@ -66,19 +68,31 @@ class FakeHandle:
         return True
 
 
+def committed_status(url: str, job_id: int) -> str | None:
+    """The job's status as another engine and connection see it: only what is committed is visible there."""
+
+    async def read() -> str | None:
+        other = Database.connect(url)
+        try:
+            async with other.session() as session:
+                return await session.scalar(select(Job.status).where(Job.id == job_id))
+        finally:
+            await other.close()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:  # its own event loop: submit() is synchronous
+        return pool.submit(asyncio.run, read()).result()
+
+
 class FakeWorker:
     """The worker contract, steered by the test: run(), finish(), fail()."""
 
-    def __init__(self, db_path: Path, capacity: int = 100) -> None:
-        self.db_path, self.capacity = db_path, capacity
+    def __init__(self, db_url: str, capacity: int = 100) -> None:
+        self.db_url, self.capacity = db_url, capacity
         self.handles: dict[str, FakeHandle] = {}
         self.status_at_submit: list[str | None] = []
 
     def submit(self, req: GenerationRequest, *, job_id: str | None = None) -> FakeHandle:
-        # The job must already be committed: read it with a separate, plain sqlite3 connection.
-        with sqlite3.connect(self.db_path) as conn:
-            row = conn.execute("SELECT status FROM jobs WHERE id = ?", (int(job_id or 0),)).fetchone()
-        self.status_at_submit.append(row[0] if row else None)
+        self.status_at_submit.append(committed_status(self.db_url, int(job_id or 0)))  # must be committed
         if sum(h.status == "queued" for h in self.handles.values()) >= self.capacity:
             raise QueueFullError("The queue is full.")
         handle = FakeHandle(job_id or "", req)
@@ -106,16 +120,8 @@ class FakeWorker:
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'journal.db'}")
-    await database.create_all()
-    yield database
-    await database.close()
-
-
-@pytest.fixture
-def worker(tmp_path: Path) -> FakeWorker:
-    return FakeWorker(tmp_path / "journal.db")
+def worker(db: Database) -> FakeWorker:
+    return FakeWorker(db.url)
 
 
 class Recorder:
@@ -198,7 +204,7 @@ async def test_cancelling_a_waiting_job_frees_the_members_slot_at_once(db: Datab
 
 
 async def test_queue_full_marks_refused_and_links_reservation(db: Database, tmp_path: Path) -> None:
-    worker = FakeWorker(tmp_path / "journal.db", capacity=1)
+    worker = FakeWorker(db.url, capacity=1)
     journal = JobJournal(db, worker, tmp_path / "images", "tiny")
     limiter = RateLimiter(db, RateLimitSettings(images_per_window=100))
     first_reservation = await limiter.reserve(10, 30, 2)
@@ -210,8 +216,8 @@ async def test_queue_full_marks_refused_and_links_reservation(db: Database, tmp_
     assert refused.status == "refused" and refused.error == "The queue is full."
     await limiter.release(reservation)
     assert (await limiter.usage(10, 30)).used == 2 and (await limiter.usage(10, 30)).queued == 1
-    with sqlite3.connect(tmp_path / "journal.db") as conn:
-        assert conn.execute("SELECT job_id FROM rate_limit_ledger").fetchall() == [(first.id,)]
+    async with db.session() as session:
+        assert list(await session.scalars(select(RateLimitEntry.job_id))) == [first.id]
     worker.finish(first.id)
     await journal.wait_idle()
 
@@ -265,7 +271,7 @@ async def test_recover_requeues_in_original_order(db: Database, worker: FakeWork
 
 
 async def test_recover_beyond_capacity_refuses_and_tells(db: Database, tmp_path: Path) -> None:
-    worker = FakeWorker(tmp_path / "journal.db", capacity=1)
+    worker = FakeWorker(db.url, capacity=1)
     journal = JobJournal(db, worker, tmp_path / "images", "tiny")
     recorder = Recorder()
     journal.add_listener(recorder)

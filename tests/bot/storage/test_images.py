@@ -5,23 +5,35 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import event, update
 
 from bot.clock import utcnow
 from bot.storage import repository as repo
 from bot.storage.cli import parse_age
 from bot.storage.db import Database
-from bot.storage.images import image_relpath, prune, read_image, save_image, sweep_orphans
-from bot.storage.models import Image
+from bot.storage.images import (
+    image_relpath,
+    prune,
+    read_image,
+    save_image,
+    save_image_sync,
+    sweep_everything,
+    sweep_orphans,
+)
+from bot.storage.models import Image, Job
 from tests.helpers import new_job
 
 
-async def _job_with_image(db: Database, images_dir: Path, png: bytes = b"\x89PNG fake") -> tuple[int, int]:
+async def _job_with_image(db: Database, images_dir: Path, png: bytes = b"\x89PNG fake", *, count: int = 1,
+                          done: bool = True) -> tuple[int, int]:
     job = await new_job(db, guild_id=1, channel_id=2, user_id=3, prompt="p", negative_prompt="", seed=5,
-                                steps=1, guidance=1.0, width=8, height=8, count=1, scheduler="euler", model="tiny")
+                                steps=1, guidance=1.0, width=8, height=8, count=count, scheduler="euler",
+                                model="tiny")
     stored = await save_image(images_dir, job.id, 0, png)
     row = await repo.add_image(db, job.id, index=0, seed=5, path=stored.path, sha256=stored.sha256,
                                size_bytes=stored.size_bytes, width=8, height=8)
+    if done:
+        await repo.mark_done(db, job.id)
     return job.id, row.id
 
 
@@ -35,28 +47,78 @@ async def test_save_image_writes_atomically(tmp_path: Path) -> None:
     assert again.absolute_path.read_bytes() == b"other"
 
 
-async def test_sweep_orphans(db: Database, tmp_path: Path) -> None:
+async def test_start_up_sweep_cleans_what_a_crash_left_behind(db: Database, tmp_path: Path) -> None:
+    images_dir = tmp_path / "images"
+    _, finished = await _job_with_image(db, images_dir)
+    # Killed while saving: image 0 saved with its row, image 1 renamed into place but its row never committed,
+    # image 2 half written under its temporary name.
+    crashed, saved = await _job_with_image(db, images_dir, count=3, done=False)
+    await repo.mark_running(db, crashed)
+    save_image_sync(images_dir, crashed, 1, b"no row yet")
+    half_written = images_dir / "0000" / f".{crashed}-2.png.4242.tmp"
+    half_written.write_bytes(b"half")
+    # Queued, with a row whose file has gone since.
+    queued, lost = await _job_with_image(db, images_dir, done=False)
+    (images_dir / image_relpath(queued, 0)).unlink()
+    # A file no row names, next to finished jobs: not something a crash leaves, so not looked at when starting.
+    stray = images_dir / "0000" / "999-0.png"
+    stray.write_bytes(b"no row")
+
+    report = await sweep_orphans(db, images_dir)
+    assert report.orphan_files_removed == sorted([image_relpath(crashed, 1), f"0000/.{crashed}-2.png.4242.tmp"])
+    assert report.rows_marked_missing == [lost]
+    assert not (images_dir / image_relpath(crashed, 1)).exists() and not half_written.exists()
+    assert (await repo.get_image(db, lost)).pruned
+    for kept in (finished, saved):
+        row = await repo.get_image(db, kept)
+        assert not row.pruned and await read_image(images_dir, row) == b"\x89PNG fake"
+    assert stray.exists()
+
+    everything = await sweep_everything(db, images_dir)  # `imagine-bot db sweep`
+    assert everything.orphan_files_removed == ["0000/999-0.png"] and everything.rows_marked_missing == []
+    assert not stray.exists()
+
+
+async def test_start_up_sweep_reads_only_the_unfinished_jobs(db: Database, tmp_path: Path) -> None:
+    """Its cost follows what was in flight at the crash, not the history: count the rows it loads."""
+    images_dir = tmp_path / "images"
+    for _ in range(30):
+        await _job_with_image(db, images_dir)
+    await _job_with_image(db, images_dir, count=2, done=False)
+    loaded: list[str] = []
+
+    def on_load(target: object, _context: object) -> None:
+        loaded.append(type(target).__name__)
+
+    for model in (Job, Image):
+        event.listen(model, "load", on_load)
+    try:
+        report = await sweep_orphans(db, images_dir)
+    finally:
+        for model in (Job, Image):
+            event.remove(model, "load", on_load)
+    assert sorted(loaded) == ["Image", "Job"]  # the one unfinished job and its one image row
+    assert report.orphan_files_removed == [] and report.rows_marked_missing == []
+    assert len(list(images_dir.rglob("*.png"))) == 31
+
+
+async def test_sweep_everything_marks_rows_whose_file_is_gone(db: Database, tmp_path: Path) -> None:
     images_dir = tmp_path / "images"
     _, kept = await _job_with_image(db, images_dir)
     _, lost = await _job_with_image(db, images_dir)
     (images_dir / (await repo.get_image(db, lost)).path).unlink()
-    orphan = images_dir / "0000" / "999-0.png"
-    orphan.write_bytes(b"no row")
     leftover_tmp = images_dir / "0000" / ".1-0.png.77.tmp"
     leftover_tmp.write_bytes(b"half")
-
-    report = await sweep_orphans(db, images_dir)
-    assert report.orphan_files_removed == sorted(["0000/999-0.png", "0000/.1-0.png.77.tmp"])
-    assert report.rows_marked_missing == [lost]
-    assert not orphan.exists() and not leftover_tmp.exists()
-    assert (images_dir / (await repo.get_image(db, kept)).path).exists()
+    report = await sweep_everything(db, images_dir)
+    assert report.orphan_files_removed == ["0000/.1-0.png.77.tmp"] and report.rows_marked_missing == [lost]
     assert (await repo.get_image(db, lost)).pruned and not (await repo.get_image(db, kept)).pruned
-    assert await read_image(images_dir, await repo.get_image(db, kept)) == b"\x89PNG fake"
 
 
 async def test_sweep_with_no_folder(db: Database, tmp_path: Path) -> None:
-    report = await sweep_orphans(db, tmp_path / "missing")
-    assert report.orphan_files_removed == [] and report.rows_marked_missing == []
+    await _job_with_image(db, tmp_path / "elsewhere", done=False)
+    for sweep in (sweep_orphans, sweep_everything):
+        report = await sweep(db, tmp_path / "missing")
+        assert report.orphan_files_removed == []
 
 
 async def test_prune_old_files_rows_stay(db: Database, tmp_path: Path) -> None:
@@ -72,6 +134,19 @@ async def test_prune_old_files_rows_stay(db: Database, tmp_path: Path) -> None:
     assert not new_row.pruned and (images_dir / new_row.path).exists()
     again = await prune(db, images_dir, timedelta(days=30))
     assert (again.files_deleted, again.rows_marked) == (0, 0)
+
+
+async def test_prune_tidies_only_the_folders_it_emptied(db: Database, tmp_path: Path) -> None:
+    images_dir = tmp_path / "images"
+    old_job, old = await _job_with_image(db, images_dir)
+    async with db.session(write=True) as s:
+        await s.execute(update(Image).where(Image.id == old).values(created_at=utcnow() - timedelta(days=31)))
+    unrelated_empty = images_dir / "9999"
+    unrelated_empty.mkdir()
+    report = await prune(db, images_dir, timedelta(days=30))
+    assert report.files_deleted == 1
+    assert not (images_dir / image_relpath(old_job, 0)).parent.exists()  # emptied by the prune: removed
+    assert unrelated_empty.is_dir()  # never walked
 
 
 def test_parse_age() -> None:

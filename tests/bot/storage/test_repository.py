@@ -120,3 +120,73 @@ async def test_members_and_stats(db: Database) -> None:
     g = await repo.guild_stats(db, 10)
     assert g.jobs_by_status == {"queued": 1, "done": 1} and g.images == 1 and g.members == 2
     assert g.top_members == ((31, 1),) and g.moderation_events == 1
+
+
+async def _recount(db: Database, guild_id: int) -> repo.GuildStats:
+    """/stats counted the slow way, from every job and image row: what the maintained counts must equal."""
+    from sqlalchemy import func, select
+
+    from bot.storage.models import Image, Job, ModerationEvent
+
+    async with db.session() as s:
+        by_status = {st: int(n) for st, n in await s.execute(
+            select(Job.status, func.count()).where(Job.guild_id == guild_id).group_by(Job.status))}
+        images = await s.scalar(select(func.count(Image.id)).join(Job, Image.job_id == Job.id)
+                                .where(Job.guild_id == guild_id))
+        members = await s.scalar(select(func.count(func.distinct(Job.user_id))).where(Job.guild_id == guild_id))
+        per_member = func.count(Image.id).label("n")
+        top = await s.execute(select(Job.user_id, per_member).join(Image, Image.job_id == Job.id)
+                              .where(Job.guild_id == guild_id).group_by(Job.user_id)
+                              .order_by(per_member.desc(), Job.user_id).limit(5))
+        events = await s.scalar(select(func.count(ModerationEvent.id)).where(ModerationEvent.guild_id == guild_id))
+    return repo.GuildStats(guild_id=guild_id, jobs_by_status=by_status, images=int(images or 0),
+                           members=int(members or 0), top_members=tuple((int(u), int(n)) for u, n in top),
+                           moderation_events=int(events or 0))
+
+
+async def test_maintained_stats_equal_a_recount_after_racing_writers(db: Database) -> None:
+    """Jobs in two guilds and in DMs, late and racing status changes from two processes, re-run images."""
+    import asyncio
+    import random
+
+    rng = random.Random(5)
+    other = Database.connect(db.url)  # a second bot process on the same database
+    try:
+        jobs = []
+        for i in range(24):
+            guild = (10, 11, None)[i % 3]
+            job = await new_job(other if i % 2 else db, **{**JOB, "guild_id": guild,
+                                                                  "user_id": 30 + rng.randrange(5)})
+            jobs.append(job)
+        for job in jobs:
+            for index in range(rng.randrange(3)):
+                await repo.add_image(db, job.id, index=index, seed=1, path=f"{job.id}-{index}", sha256="",
+                                     size_bytes=1, width=8, height=8)
+            if rng.random() < 0.3:  # a job run again after a restart replaces its image rows
+                await repo.add_image(other, job.id, index=0, seed=2, path=f"{job.id}-0", sha256="", size_bytes=1,
+                                     width=8, height=8)
+        # Every job gets two racing outcomes from the two processes (only one may count) and a late "running".
+        outcomes = [repo.mark_done, repo.mark_failed, repo.mark_cancelled, repo.mark_running, repo.requeue]
+
+        async def race(job_id: int) -> None:
+            first, second = rng.sample(outcomes, 2)
+
+            async def apply(handle: Database, outcome) -> None:  # noqa: ANN001
+                if outcome is repo.mark_failed:
+                    await outcome(handle, job_id, "boom")
+                else:
+                    await outcome(handle, job_id)
+
+            await asyncio.gather(apply(db, first), apply(other, second))
+            await repo.mark_running(db, job_id)
+
+        await asyncio.gather(*(race(job.id) for job in jobs))
+        for guild in (10, 11, 10, None):
+            await repo.record_moderation_event(other, guild_id=guild, user_id=30, prompt="bad", category=None,
+                                               rule=None)
+    finally:
+        await other.close()
+    for guild in (10, 11, 12):
+        assert await repo.guild_stats(db, guild) == await _recount(db, guild)
+    stats = await repo.guild_stats(db, 10)
+    assert sum(stats.jobs_by_status.values()) == 8 and stats.moderation_events == 2

@@ -1,14 +1,21 @@
+"""The database handle on SQLite and PostgreSQL: transactions, locks, time zones."""
+
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
 
 from bot.clock import utcnow
+from bot.storage import repository as repo
 from bot.storage.db import Database, sqlite_file
-from bot.storage.models import Member
+from bot.storage.models import Job, Member
+from tests.helpers import new_job
+
+sqlite_only = pytest.mark.parametrize("db_backend", ["sqlite"])
 
 
 async def test_sqlite_pragmas_on_every_connection_and_parent_dir_created(tmp_path: Path) -> None:
@@ -45,6 +52,7 @@ async def test_session_commits_or_rolls_back(db: Database) -> None:
     assert ids == [2]
 
 
+@sqlite_only
 async def test_concurrent_write_sessions_do_not_fail(db: Database) -> None:
     """Read-then-write transactions from many tasks: BEGIN IMMEDIATE makes them wait, never 'locked'."""
 
@@ -68,6 +76,7 @@ def test_sqlite_file_parsing() -> None:
     assert sqlite_file("postgresql+asyncpg://u:p@h/db") is None
 
 
+@sqlite_only
 async def test_write_sessions_begin_immediate(db: Database) -> None:
     from sqlalchemy import event
 
@@ -83,3 +92,37 @@ async def test_write_sessions_begin_immediate(db: Database) -> None:
     async with db.session(write=True) as s:
         await s.execute(text("SELECT 1"))
     assert seen == ["BEGIN", "BEGIN IMMEDIATE"]
+
+
+async def test_member_totals_exact_with_concurrent_writers_in_two_processes(db: Database) -> None:
+    """Read-then-write of a member row from two engines (two bot processes): no increment is lost."""
+    await repo.touch_member(db, 77, jobs=1, images=2)  # the row exists: every writer reads, then updates it
+    other = Database.connect(db.url)
+    try:
+        await asyncio.gather(*(repo.touch_member(db if i % 2 else other, 77, jobs=1, images=2) for i in range(24)))
+    finally:
+        await other.close()
+    stats = await repo.member_stats(db, 77)
+    assert stats is not None and (stats.jobs, stats.images) == (25, 50)
+
+
+async def test_timestamps_are_utc_and_time_zone_aware(db: Database) -> None:
+    """Stored as UTC whatever the server's zone (the test PostgreSQL runs in Pacific/Chatham), read back aware."""
+    job = await new_job(db, guild_id=1, channel_id=2, user_id=3, prompt="p", negative_prompt="", seed=1,
+                                steps=1, guidance=1.0, width=8, height=8, count=1, scheduler="euler", model="tiny")
+    assert job.queued_at.tzinfo is not None and job.queued_at.utcoffset() == timedelta(0)
+    async with db.session() as session:
+        stored = await session.scalar(text("SELECT queued_at FROM jobs WHERE id = :id"), {"id": job.id})
+        if isinstance(stored, str):  # SQLite hands the raw text back
+            stored = datetime.fromisoformat(stored)
+        assert stored == job.queued_at.replace(tzinfo=None)  # the UTC wall-clock time, no zone stored
+        india = timezone(timedelta(hours=5, minutes=30))
+        same_instant = job.queued_at.astimezone(india)
+        found = await session.scalar(select(Job.id).where(Job.queued_at == same_instant))
+        later = await session.scalar(select(Job.id).where(Job.queued_at > same_instant - timedelta(seconds=1)))
+    assert found == job.id and later == job.id
+    with pytest.raises(Exception, match="naive datetime"):
+        async with db.session(write=True) as session:
+            await session.execute(select(Job.id).where(Job.queued_at < datetime(2026, 1, 1)))
+    done = await repo.mark_done(db, job.id)
+    assert done.finished_at is not None and done.finished_at.tzinfo == UTC

@@ -208,6 +208,7 @@ async def test_history_job_queue_cancel(world: World) -> None:
     history = await world.server.send_command(world.member("bob"), world.server.general, "history", {})
     text = (await world.ephemeral_answer(history)).content
     assert "a green cone" in text
+    assert "image(s) used in the last" in text.splitlines()[0]  # the member's allowance comes first
     job_id = int(text.split("`")[1])
     shown = await world.server.send_command(world.member("bob"), world.server.general, "job", {"job_id": job_id})
     message = await world.ephemeral_answer(shown)

@@ -165,7 +165,7 @@ async def test_a_server_admin_can_only_tighten_the_hosts_limits(world: World) ->
     saved = await world.answer(await world.command("alice", "settings limits", {"images_per_window": 10}))
     try:
         assert saved.content.startswith("Saved") and "**10** (this server's; the bot allows 100)" in saved.content
-        assert (await world.running.services.rate_limiter.limits_for(guild_id)).images_per_window == 10
+        assert (await world.running.services.rate_limiter.usage(guild_id, 0)).limits.images_per_window == 10
         # Another server's admin changes only their own server.
         await world.answer(await world.command("otto", "settings limits", {"images_per_window": 5},
                                                channel=world.other_channel))
