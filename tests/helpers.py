@@ -79,6 +79,7 @@ def local_bot_config(server: Any, data_dir: Path, **sections: dict[str, Any]) ->
         "generation": {"model": "tiny", "device": "cpu", "dtype": "fp32", "default_steps": 2, "max_steps": 30,
                        "default_width": 64, "default_height": 64, "min_size": 64, "max_size": 256,
                        "previews": False},
+        "metrics": {"port": 0},  # served, on a free port: bots in parallel tests never collide
     }
     return merge(base, sections)
 
