@@ -13,7 +13,7 @@ is also counted as ``done``) are counted by the bot.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -51,10 +51,9 @@ class GenerationMetrics:
         for outcome in IMAGE_OUTCOMES:  # every series exists from the start, so rate() sees the first increment
             self.images.labels(outcome=outcome)
 
-    def track_queue_depth(self, depth: Callable[[], int]) -> None:
-        """Read the queue depth from ``depth`` at each scrape. It runs where the registry is collected: collect on
-        the thread that owns the queue (the bot's metrics server runs on its event loop) and keep it a cheap read."""
-        self.queue_depth.set_function(depth)
+    def set_queue_depth(self, jobs: int) -> None:
+        """Set by the queue's owner whenever it changes (not read at scrape time: scrapes run on another thread)."""
+        self.queue_depth.set(jobs)
 
     def worker_started(self) -> None:
         self.workers_alive.inc()

@@ -25,12 +25,14 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from generation.errors import JobRefusedError
-from generation.metrics import GenerationMetrics
 from generation.png import encode_png, parameters_text
 from generation.request import GenerationRequest, ImageParams
+
+if TYPE_CHECKING:
+    from generation.metrics import GenerationMetrics
 
 log = logging.getLogger(__name__)
 
@@ -282,8 +284,6 @@ class GenerationWorker:
         self._wakeup: asyncio.Event | None = None
         self._closing = False
         self.metrics = metrics
-        if metrics is not None:
-            metrics.track_queue_depth(lambda: self.queued_count)
 
     # --- lifecycle --------------------------------------------------------------------------------------------
 
@@ -332,6 +332,7 @@ class GenerationWorker:
         handle = JobHandle(self, job_id, request, next(self._seqs), loop)
         self._queues.setdefault(request.requester_id, deque()).append(handle)
         self._jobs[job_id] = handle
+        self._queue_changed()
         if self._wakeup is not None:
             self._wakeup.set()
         return handle
@@ -418,6 +419,7 @@ class GenerationWorker:
                 del self._queues[requester]
             self._last_served[requester] = next(self._serve_ticks)
             job._status = "running"
+        self._queue_changed()
         self._forget_idle_requesters()
         return batch
 
@@ -447,6 +449,7 @@ class GenerationWorker:
                     del self._queues[job.request.requester_id]
             self._jobs.pop(job.job_id, None)
             job._finish("cancelled", error=JobCancelledError(CANCELLED_MESSAGE))
+            self._queue_changed()
             if self.metrics is not None and not self._closing:  # a shutdown's jobs are recovered, not cancelled
                 self.metrics.job_ended("cancelled", job.params.count)
             return True
@@ -511,6 +514,10 @@ class GenerationWorker:
         sample = elapsed / units
         prev = self._seconds_per_unit
         self._seconds_per_unit = sample if prev is None else 0.7 * prev + 0.3 * sample
+
+    def _queue_changed(self) -> None:
+        if self.metrics is not None:
+            self.metrics.set_queue_depth(self.queued_count)
 
     def _record_metrics(self, metrics: GenerationMetrics, batch: list[JobHandle], running: _Running,
                         outcomes: dict[str, GenerationResult | GenerationError]) -> None:

@@ -146,7 +146,9 @@ async def test_failed_and_cancelled_images_are_counted(registry: CollectorRegist
         assert await asyncio.to_thread(engine.entered.wait, WAIT)
         cancelled_queued = worker.submit(req("never", "bob", count=3))
         broken = worker.submit(req("broken", "carol", count=2))
+        assert value(registry, "imagine_queue_depth") == 2
         assert cancelled_queued.cancel()
+        assert value(registry, "imagine_queue_depth") == 1
         assert images(registry)["cancelled"] == 3
         assert value(registry, "imagine_job_duration_seconds_count") == 0  # it never started: no duration
 
