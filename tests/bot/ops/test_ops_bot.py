@@ -3,17 +3,22 @@ server, with real SQLite and a real aiohttp server on a free loopback port (the 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import argparse
+import logging
+import socket
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import pytest_asyncio
+import yaml
 from PIL import Image
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from bot import cli, logging_setup
 from bot.bootstrap import build_services, gateway_check, start_bot
 from bot.config import Settings
 from bot.discord.client import create_bot
@@ -160,3 +165,31 @@ async def test_metrics_disabled_serves_nothing(server: LocalDiscordServer, tmp_p
     finally:
         await running.close(close_services=True)
 
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """run_main installs the bot's root log handler; take it off again for the other tests."""
+    level = logging.getLogger().level
+    yield
+    if logging_setup._installed is not None:
+        logging.getLogger().removeHandler(logging_setup._installed)
+        logging_setup._installed = None
+    logging.getLogger().setLevel(level)
+
+
+def test_run_with_a_busy_metrics_port_exits_2_with_one_message(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                               restore_logging: None) -> None:
+    database = tmp_path / "imagine.db"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump({"discord": {"token": "never-used-0123456789"},
+                                          "database": {"url": f"sqlite+aiosqlite:///{database}"},
+                                          "metrics": {"port": port}}), encoding="utf-8")
+        assert cli.run_main(argparse.Namespace(command="run", config=str(config))) == 2
+    err = capsys.readouterr().err
+    assert f"127.0.0.1:{port}" in err and "metrics.port" in err and "Traceback" not in err
+    assert not database.exists()  # it stopped before migrating or loading anything
