@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,9 @@ from bot.discord.endpoints import configure_endpoints
 from bot.gate.content_filter import ContentFilter
 from bot.gate.rate_limits import RateLimiter
 from bot.journal.job_journal import JobJournal
+from bot.ops.health import HealthChecks
+from bot.ops.metrics import BotMetrics
+from bot.ops.server import OpsServer
 from bot.services import ModelInfo, Services
 from bot.storage.db import Database, upgrade_to_head
 from bot.storage.images import sweep_orphans
@@ -39,6 +43,7 @@ log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 60.0
 
+
 def model_info(model: LoadedModel | None, engine: Any) -> ModelInfo:
     """What the bot may know of the model: a loaded pipeline's description, or an injected engine's name."""
     if model is None:
@@ -46,8 +51,43 @@ def model_info(model: LoadedModel | None, engine: Any) -> ModelInfo:
     return ModelInfo(name=model.name, device=str(model.device), is_fallback=model.is_fallback, banner=model.banner)
 
 
+async def database_ready(db: Database) -> str | None:
+    """Readiness of the database: open and answering a query."""
+    if db.closed:
+        return "the database connection is closed"
+    await db.ping()
+    return None
+
+
+async def local_queue_ready() -> str | None:
+    """The in-process queue has no connection to lose; a Redis backend registers its own "queue" check."""
+    return None
+
+
+async def not_connected() -> str | None:
+    """The gateway's check until the bot exists (the model may still be loading)."""
+    return "not connected to Discord yet (starting)"
+
+
+def gateway_check(bot: ImagineBot | ShardedImagineBot) -> Callable[[], Awaitable[str | None]]:
+    """Readiness of the Discord connection: READY received, and every gateway socket open (not reconnecting)."""
+
+    async def check() -> str | None:
+        if bot.is_closed():
+            return "the Discord connection is closed"
+        if not bot.is_ready():
+            return "not connected to Discord yet (waiting for READY)"
+        if isinstance(bot, ShardedImagineBot):
+            down = sorted(shard_id for shard_id, shard in bot.shards.items() if shard.is_closed())
+            return f"shard(s) {', '.join(map(str, down))} disconnected, reconnecting" if down else None
+        return None if bot.ws is not None and bot.ws.open else "disconnected from Discord, reconnecting"
+
+    return check
+
+
 async def build_services(settings: Settings, *, model: LoadedModel | None = None, engine: Any = None,
-                         clock: Clock | None = None) -> Services:
+                         clock: Clock | None = None, metrics: BotMetrics | None = None,
+                         health: HealthChecks | None = None) -> Services:
     """Build everything the bot needs from ``settings``.
 
     ``model`` (a :class:`LoadedModel`) and ``engine`` (any ``BatchEngine``) may be passed in by tests and the
@@ -56,7 +96,11 @@ async def build_services(settings: Settings, *, model: LoadedModel | None = None
     and :class:`bot.storage.preflight.StorageError` (a ConfigError) when the database or images folder cannot be
     used; both before anything else is built.
     ``clock`` (a :class:`bot.clock.Clock`) lets tests drive contest deadlines; default: real time.
+    ``metrics`` and ``health`` (default: new ones) get the worker's metrics and the database and queue checks;
+    :func:`start_bot` adds the gateway's check and serves both.
     """
+    metrics = metrics if metrics is not None else BotMetrics()
+    health = health if health is not None else HealthChecks()
     content_filter = ContentFilter.from_settings(settings.content_filter)
     await asyncio.to_thread(check_storage, settings)  # creates the database file and images folder, private
     if settings.database.auto_upgrade:
@@ -85,15 +129,17 @@ async def build_services(settings: Settings, *, model: LoadedModel | None = None
 
         gen = settings.generation
         worker = GenerationWorker(engine, queue_size=gen.queue_size, max_batch_size=gen.max_batch_size,
-                                  previews=gen.previews)
+                                  previews=gen.previews, metrics=metrics.generation)
         await worker.start()
+        health.add("database", lambda: database_ready(db))
+        health.add("queue", local_queue_ready)
         journal = JobJournal(db, worker, images_dir, info.name)
         rate_limiter = RateLimiter(db, settings.rate_limits, queue_size=gen.queue_size)
         log.info("content filter: %d global term(s), %d rule(s)", content_filter.term_count, content_filter.rule_count)
         contests = ContestService(db, clock=clock, content_filter=content_filter, images_dir=images_dir)
         return Services(settings=settings, db=db, model=info, engine=engine, worker=worker, journal=journal,
                         content_filter=content_filter, rate_limiter=rate_limiter, safety_checker=safety_checker,
-                        images_dir=images_dir, contests=contests)
+                        images_dir=images_dir, contests=contests, metrics=metrics, health=health)
     except BaseException:
         if worker is not None:
             await worker.close()
@@ -109,6 +155,7 @@ class RunningBot:
     services: Services
     task: asyncio.Task[None]
     owns_services: bool = True
+    ops: OpsServer | None = None  # /metrics and /healthz, when metrics.enabled
 
     @property
     def application_id(self) -> int | None:
@@ -133,6 +180,8 @@ class RunningBot:
             await self.task
         if close_services:
             await self.services.close()
+        if self.ops is not None:  # last: a probe during the shutdown hears "not ready", not "refused"
+            await self.ops.close()
 
     async def wait_closed(self) -> None:
         """Until the gateway connection ends for good (an error is re-raised)."""
@@ -145,17 +194,29 @@ async def start_bot(settings: Settings, *, services: Services | None = None,
 
     Points discord.py at ``settings.discord.api_base_url``/``gateway_url`` first, so this runs the real bot
     against the local Discord-compatible server as well as against Discord. Raises
-    ``discord.LoginFailure`` for a bad token, ``TimeoutError`` if READY does not come in time.
+    ``discord.LoginFailure`` for a bad token, ``TimeoutError`` if READY does not come in time, and
+    :class:`~bot.ops.server.MetricsPortError` when ``metrics.port`` is taken (before the model is loaded).
+    ``/metrics`` and ``/healthz`` are served from the start, so a probe hears "not ready" while the model
+    loads and the bot connects.
     """
     token = settings.token
     if not token:
         raise ValueError("settings.discord.token is required to start the bot")
     configure_endpoints(settings.discord.api_base_url, settings.discord.gateway_url)
     owns = services is None
-    if services is None:
-        services = await build_services(settings)
-    bot = create_bot(services)
+    metrics = services.metrics if services is not None else BotMetrics()
+    health = services.health if services is not None else HealthChecks()
+    health.add("gateway", not_connected)
+    ops: OpsServer | None = None
+    bot: ImagineBot | ShardedImagineBot | None = None
     try:
+        if settings.metrics.enabled:
+            ops = OpsServer(metrics.registry, health)
+            await ops.start(settings.metrics.host, settings.metrics.port)
+        if services is None:
+            services = await build_services(settings, metrics=metrics, health=health)
+        bot = create_bot(services)
+        health.add("gateway", gateway_check(bot))
         await bot.login(token)  # runs setup_hook: cogs, buttons, command sync, journal recovery
         task = asyncio.create_task(bot.connect(reconnect=True), name="discord-gateway")
         ready = asyncio.create_task(bot.wait_until_ready(), name="discord-ready")
@@ -168,12 +229,15 @@ async def start_bot(settings: Settings, *, services: Services | None = None,
             task.cancel()
             raise TimeoutError(f"the bot was not ready within {ready_timeout:.0f} s")
     except BaseException:
-        await bot.close()
-        if owns:
+        if bot is not None:
+            await bot.close()
+        if owns and services is not None:
             await services.close()
+        if ops is not None:
+            await ops.close()
         raise
     log.info("bot started", extra={"api": settings.discord.api_base_url, "user": bot.user.id if bot.user else None})
-    return RunningBot(bot=bot, services=services, task=task, owns_services=owns)
+    return RunningBot(bot=bot, services=services, task=task, owns_services=owns, ops=ops)
 
 
 async def run_bot(settings: Settings) -> int:

@@ -93,6 +93,12 @@ class PlaygroundSettings(_Section):
     port: int = Field(8765, ge=0, le=65535)
 
 
+class MetricsSettings(_Section):
+    enabled: bool = Field(True, description="serve /metrics (Prometheus) and /healthz (readiness)")
+    host: str = Field("127.0.0.1", description="loopback: only this machine; 0.0.0.0 for a scraper elsewhere")
+    port: int = Field(9464, ge=0, le=65535, description="0 picks a free port")
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_lines: bool = Field(False, alias="json")
@@ -106,6 +112,7 @@ class Settings(_Section):
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     content_filter: ContentFilterSettings = Field(default_factory=ContentFilterSettings)
     playground: PlaygroundSettings = Field(default_factory=PlaygroundSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @property

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot.gate.submission import Gate
+from bot.ops.health import HealthChecks
+from bot.ops.metrics import BotMetrics
 
 if TYPE_CHECKING:
     from bot.config import Settings
@@ -52,13 +54,16 @@ class Services:
     safety_checker: OutputChecker | None = None
     images_dir: Path = field(default_factory=lambda: Path("data/images"))
     engine: Any = None  # the BatchEngine the worker drives (kept so the playground can reuse a loaded pipeline)
+    metrics: BotMetrics = field(default_factory=BotMetrics)  # served on /metrics
+    health: HealthChecks = field(default_factory=HealthChecks)  # served on /healthz
     _stopped: bool = field(default=False, repr=False)
     _closed: bool = field(default=False, repr=False)
 
     @property
     def gate(self) -> Gate:
         """The gate every new job passes (/imagine, Rerun, 🔄), over these services' parts."""
-        return Gate(self.settings.generation, self.db, self.content_filter, self.rate_limiter, self.journal)
+        return Gate(self.settings.generation, self.db, self.content_filter, self.rate_limiter, self.journal,
+                    self.metrics)
 
     async def stop_work(self) -> None:
         """Stop taking jobs (queued ones stay journalled for the next start); finish and deliver the running batch.

@@ -25,11 +25,14 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from generation.errors import JobRefusedError
 from generation.png import encode_png, parameters_text
 from generation.request import GenerationRequest, ImageParams
+
+if TYPE_CHECKING:
+    from generation.metrics import GenerationMetrics
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +155,7 @@ class JobHandle:
         self._latest: Progress | None = None
         # Read by the pipeline thread in should_stop; a plain bool is safe to share under the GIL.
         self.cancel_requested = False
+        self.submitted_at = time.monotonic()
 
     def __repr__(self) -> str:
         return f"<JobHandle {self.job_id} {self._status} requester={self.request.requester_id}>"
@@ -251,10 +255,12 @@ class GenerationWorker:
     """Fair, bounded queue + one pipeline thread; see the module docstring and docs/ARCHITECTURE.md."""
 
     def __init__(self, engine: BatchEngine, *, queue_size: int, max_batch_size: int, previews: bool = True,
-                 preview_every: int = 5, executor: ThreadPoolExecutor | None = None) -> None:
+                 preview_every: int = 5, executor: ThreadPoolExecutor | None = None,
+                 metrics: GenerationMetrics | None = None) -> None:
         """``executor``: a single-thread executor to run the pipeline on, for callers that run other torch work
         in the process (a benchmark's baseline): on CPU, torch calls alternating between two threads slow each
-        other down about 2x, so all of them should share one thread. The worker does not shut it down."""
+        other down about 2x, so all of them should share one thread. The worker does not shut it down.
+        ``metrics``: updated as jobs wait, run and end (see :mod:`generation.metrics`); None: no metrics."""
         if executor is not None and executor._max_workers != 1:
             raise ValueError("the pipeline executor must have exactly one thread")
         if queue_size < 1 or max_batch_size < 1:
@@ -277,6 +283,7 @@ class GenerationWorker:
         self._dispatcher: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Event | None = None
         self._closing = False
+        self.metrics = metrics
 
     # --- lifecycle --------------------------------------------------------------------------------------------
 
@@ -289,6 +296,9 @@ class GenerationWorker:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generation")
         self._wakeup = asyncio.Event()
         self._dispatcher = asyncio.create_task(self._dispatch(), name="generation-dispatcher")
+        if self.metrics is not None:
+            self.metrics.worker_started()
+            self._dispatcher.add_done_callback(lambda _task, metrics=self.metrics: metrics.worker_stopped())
         if self._queues:
             self._wakeup.set()
 
@@ -322,6 +332,7 @@ class GenerationWorker:
         handle = JobHandle(self, job_id, request, next(self._seqs), loop)
         self._queues.setdefault(request.requester_id, deque()).append(handle)
         self._jobs[job_id] = handle
+        self._queue_changed()
         if self._wakeup is not None:
             self._wakeup.set()
         return handle
@@ -408,6 +419,7 @@ class GenerationWorker:
                 del self._queues[requester]
             self._last_served[requester] = next(self._serve_ticks)
             job._status = "running"
+        self._queue_changed()
         self._forget_idle_requesters()
         return batch
 
@@ -437,6 +449,9 @@ class GenerationWorker:
                     del self._queues[job.request.requester_id]
             self._jobs.pop(job.job_id, None)
             job._finish("cancelled", error=JobCancelledError(CANCELLED_MESSAGE))
+            self._queue_changed()
+            if self.metrics is not None and not self._closing:  # a shutdown's jobs are recovered, not cancelled
+                self.metrics.job_ended("cancelled", job.params.count)
             return True
         job.cancel_requested = True  # running: the pipeline thread sees it at the next step
         return True
@@ -464,6 +479,9 @@ class GenerationWorker:
         if not batch:
             return
         running = self._running = _Running(batch)
+        if self.metrics is not None:
+            self.metrics.batch_started([running.started - j.submitted_at for j in batch],
+                                       sum(j.params.count for j in batch))
         try:
             outcomes = await self._loop.run_in_executor(self._executor, self._run_batch, batch)
         except Exception:  # _run_batch handles engine errors itself; this is a bug in the worker
@@ -482,6 +500,8 @@ class GenerationWorker:
                 job._finish("failed", error=outcome)
             else:
                 job._finish("done", result=outcome)
+        if self.metrics is not None:
+            self._record_metrics(self.metrics, batch, running, outcomes)
 
     def _record_timing(self, batch: list[JobHandle], elapsed: float,
                        outcomes: dict[str, GenerationResult | GenerationError]) -> None:
@@ -494,6 +514,22 @@ class GenerationWorker:
         sample = elapsed / units
         prev = self._seconds_per_unit
         self._seconds_per_unit = sample if prev is None else 0.7 * prev + 0.3 * sample
+
+    def _queue_changed(self) -> None:
+        if self.metrics is not None:
+            self.metrics.set_queue_depth(self.queued_count)
+
+    def _record_metrics(self, metrics: GenerationMetrics, batch: list[JobHandle], running: _Running,
+                        outcomes: dict[str, GenerationResult | GenerationError]) -> None:
+        ended = time.monotonic() - running.started
+        for job in batch:
+            if job.status in ("done", "failed", "cancelled"):
+                metrics.job_ended(job.status, job.params.count, ended)
+        first = outcomes.get(batch[0].job_id)
+        if isinstance(first, GenerationResult) and all(isinstance(outcomes.get(j.job_id), GenerationResult)
+                                                       for j in batch):
+            # The engine's own time (not PNG encoding); a batch shares one step count (its batch key).
+            metrics.pipeline_speed(batch[0].params.denoising_steps, first.elapsed_seconds)
 
     def _post(self, callback: Callable[..., None], *args: Any) -> None:
         """Hand work to the loop from the pipeline thread; a closed loop just drops it."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bot.config import Settings, settings_from_mapping
+from bot.storage import repository
 from bot.storage.db import Database
 from bot.storage.records import JobRecord
 from generation.request import ImageParams
@@ -78,6 +79,7 @@ def local_bot_config(server: Any, data_dir: Path, **sections: dict[str, Any]) ->
         "generation": {"model": "tiny", "device": "cpu", "dtype": "fp32", "default_steps": 2, "max_steps": 30,
                        "default_width": 64, "default_height": 64, "min_size": 64, "max_size": 256,
                        "previews": False},
+        "metrics": {"port": 0},  # served, on a free port: bots in parallel tests never collide
     }
     return merge(base, sections)
 

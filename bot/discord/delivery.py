@@ -267,6 +267,7 @@ class Delivery:
         withheld = sum(1 for o in outcomes if o.png is None)
         if withheld:
             notes.append(refusal_message("withheld", count=withheld, total=len(outcomes)))
+            self.services.metrics.withheld(withheld)
 
         embed = formatting.job_embed(job, seeds=[image.seed for image in generated], model=result.model_name,
                                      elapsed_seconds=result.elapsed_seconds,

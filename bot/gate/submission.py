@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from bot.gate.content_filter import ContentFilter
 from bot.gate.rate_limits import RateLimited, RateLimiter
@@ -25,6 +25,9 @@ from bot.storage.records import JobRecord
 from generation.request import RequestError, validate_request
 from generation.settings import GenerationSettings
 from generation.worker import JobHandle, QueueFullError
+
+if TYPE_CHECKING:
+    from bot.ops.metrics import BotMetrics
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,7 @@ class Refusal:
     message: str
     retry_at: datetime | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    images: int = 0  # how many images the refused request asked for (0 when it was not valid)
 
 
 @dataclass(frozen=True)
@@ -94,10 +98,18 @@ class Gate:
     content_filter: ContentFilter
     rate_limiter: RateLimiter
     journal: JobJournal
+    metrics: BotMetrics | None = None
 
 
 async def submit(gate: Gate, options: Options, origin: Origin) -> Accepted | Refusal:
     """Run the whole gate; on success the job is journalled (before it is queued) and its handle returned."""
+    outcome = await _submit(gate, options, origin)
+    if isinstance(outcome, Refusal) and gate.metrics is not None:
+        gate.metrics.refused(outcome.kind, outcome.images)
+    return outcome
+
+
+async def _submit(gate: Gate, options: Options, origin: Origin) -> Accepted | Refusal:
     try:
         request = validate_request(gate.settings, requester_id=str(origin.user_id), init_image=options.init_image,
                                    **options.values)
@@ -122,7 +134,7 @@ async def submit(gate: Gate, options: Options, origin: Origin) -> Accepted | Ref
         log.info("prompt refused by the content filter", extra={
             "user": origin.user_id, "guild": origin.guild_id, "category": verdict.category})
         return Refusal("filtered", refusal_message("filtered", category=verdict.category),
-                       details={"category": verdict.category})
+                       details={"category": verdict.category}, images=request.params.count)
 
     try:
         reservation = await gate.rate_limiter.reserve(
@@ -130,7 +142,7 @@ async def submit(gate: Gate, options: Options, origin: Origin) -> Accepted | Ref
         )
     except RateLimited as exc:
         return Refusal("rate_limited", refusal_message("rate_limited", retry_at=exc.retry_at, reason=exc.reason),
-                       retry_at=exc.retry_at, details={"reason": exc.reason})
+                       retry_at=exc.retry_at, details={"reason": exc.reason}, images=request.params.count)
 
     try:
         job, handle = await gate.journal.accept(
@@ -147,7 +159,7 @@ async def submit(gate: Gate, options: Options, origin: Origin) -> Accepted | Ref
     except QueueFullError as exc:
         await gate.rate_limiter.release(reservation)
         return Refusal("queue_full", refusal_message("queue_full", message=exc.message),
-                       details={"message": exc.message})
+                       details={"message": exc.message}, images=request.params.count)
     except BaseException:
         await gate.rate_limiter.release(reservation)
         raise

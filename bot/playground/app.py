@@ -153,6 +153,8 @@ def playground_settings(settings: Settings, server: LocalDiscordServer, data_dir
         "database": settings.database.model_copy(
             update={"url": f"sqlite+aiosqlite:///{(data_dir / 'playground.db').as_posix()}", "auto_upgrade": True}),
         "storage": settings.storage.model_copy(update={"images_dir": data_dir / "images"}),
+        # A demo has nothing to monitor, and a bot serving metrics on the same machine must not stop it.
+        "metrics": settings.metrics.model_copy(update={"enabled": False}),
     }
     if generation is not None:
         update["generation"] = generation

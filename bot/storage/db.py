@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -79,6 +79,7 @@ class Database:
         self.engine = engine
         self.url = url
         self.is_sqlite = engine.dialect.name == "sqlite"
+        self.closed = False
         self._sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
     @classmethod
@@ -126,7 +127,13 @@ class Database:
         async with self.engine.begin() as conn:
             await conn.run_sync(schema.metadata.create_all)
 
+    async def ping(self) -> None:
+        """One round trip (``SELECT 1``); raises when the database cannot be reached (readiness checks)."""
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
     async def close(self) -> None:
+        self.closed = True
         await self.engine.dispose()
 
 

@@ -116,6 +116,7 @@ def make_imagine_cog(settings: GenerationSettings) -> type[ImagineBase]:
         ) -> None:
             # First, always: Discord wants an answer within 3 s whatever the queue or the database does.
             await interaction.response.defer(ephemeral=True, thinking=True)
+            self.services.metrics.acknowledged(interaction.created_at)
             options = Options.of(
                 prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps, guidance=guidance,
                 width=width, height=height, count=count, scheduler=scheduler.value if scheduler else None,

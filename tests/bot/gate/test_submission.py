@@ -190,3 +190,25 @@ async def test_rerun_keeps_parameters_with_a_new_seed(services: Services) -> Non
     same = ("prompt", "negative_prompt", "steps", "width", "height", "scheduler", "guidance", "count")
     assert all(getattr(child.params, name) == getattr(first.job.params, name) for name in same)
     assert "seed" not in Options.rerun_of(first.job).values
+
+
+async def test_refusals_are_counted_by_kind_with_the_images_asked_for(services: Services) -> None:
+    registry = services.metrics.registry
+
+    def refusals(kind: str) -> float | None:
+        return registry.get_sample_value("imagine_refusals_total", {"kind": kind})
+
+    def images(outcome: str) -> float | None:
+        return registry.get_sample_value("imagine_images_total", {"outcome": outcome})
+
+    assert isinstance(await submit(services.gate, Options.of(prompt="a cat", steps=31), ORIGIN), Refusal)
+    assert isinstance(await submit(services.gate, Options.of(prompt="a forbidden word", count=3), ORIGIN), Refusal)
+    assert isinstance(await submit(services.gate, Options.of(prompt="a cat", count=4), ORIGIN), Accepted)
+    limited = await submit(services.gate, Options.of(prompt="a cat", count=2), ORIGIN)  # 4 + 2 > 5 per hour
+    assert isinstance(limited, Refusal) and limited.kind == "rate_limited"
+    assert isinstance(await submit(services.gate, Options.of(prompt="x"), dataclasses.replace(ORIGIN, user_id=1)),
+                      Accepted)  # the queue (2) is full now
+    full = await submit(services.gate, Options.of(prompt="x"), dataclasses.replace(ORIGIN, user_id=2))
+    assert isinstance(full, Refusal) and full.kind == "queue_full"
+    assert (refusals("invalid"), refusals("filtered"), refusals("rate_limited"), refusals("queue_full")) == (1, 1, 1, 1)
+    assert images("refused") == 3 + 2 + 1  # the invalid request asked for nothing that could be counted

@@ -256,16 +256,24 @@ class FlagEverything:
 async def test_flagged_output_follows_the_channel_policy(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     checker = FlagEverything()
     monkeypatch.setattr(world.running.services, "safety_checker", checker)
+    registry = world.running.services.metrics.registry
+
+    def withheld() -> float | None:
+        return registry.get_sample_value("imagine_images_total", {"outcome": "withheld"})
+
+    before = withheld()
     # #general is not NSFW: config nsfw_policy "block" -> withheld, the member is told.
     blocked = await world.server.send_command(world.member("bob"), world.server.general, "imagine",
                                               {"prompt": "flagged in general"})
     said = await blocked.wait_for_response(timeout=60, predicate=lambda m: not m.ephemeral and "withheld" in m.content)
     assert not said.attachments
+    assert withheld() == before + 1
     # #nsfw-art is NSFW: nsfw_channel_policy "spoiler" -> sent behind a spoiler.
     spoiled = await world.server.send_command(world.member("bob"), world.server.nsfw_channel, "imagine",
                                               {"prompt": "flagged in nsfw"})
     result = await spoiled.wait_for_response(timeout=60, predicate=is_result)
     assert all(a.filename.startswith("SPOILER_") for a in result.attachments)
     assert checker.calls == 2
+    assert withheld() == before + 1  # sent behind a spoiler: not withheld
     job = await repository.get_job(world.db, _job_id(result))
     assert all(image.nsfw for image in await repository.images_for_job(world.db, job.id))

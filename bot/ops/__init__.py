@@ -1,0 +1,1 @@
+"""Operating the bot: Prometheus metrics, readiness checks and the small HTTP server that serves both."""
