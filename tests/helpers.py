@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bot.config import Settings, settings_from_mapping
+from bot.storage import repository
 from bot.storage.db import Database
 from bot.storage.records import JobRecord
 from generation.request import ImageParams
