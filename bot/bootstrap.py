@@ -29,6 +29,7 @@ from bot.journal.job_journal import JobJournal
 from bot.services import ModelInfo, Services
 from bot.storage.db import Database, upgrade_to_head
 from bot.storage.images import sweep_orphans
+from bot.timers.timers import Timers
 from generation.engine import DiffusionEngine
 from generation.loading import LoadedModel, load_pipeline
 from generation.safety import load_safety_checker
@@ -52,7 +53,8 @@ async def build_services(settings: Settings, *, model: LoadedModel | None = None
     ``model`` (a :class:`LoadedModel`) and ``engine`` (any ``BatchEngine``) may be passed in by tests and the
     playground to reuse a loaded pipeline or use a fake; by default the configured model is loaded in a thread.
     Raises :class:`generation.loading.ModelLoadError` (with a message for the admin) when it cannot be loaded.
-    ``clock`` (a :class:`bot.clock.Clock`) lets tests drive contest deadlines; default: real time.
+    ``clock`` (a :class:`bot.clock.Clock`) lets tests drive the durable timers (contest deadlines); default: real
+    time. The timers start when the bot is ready (:mod:`bot.discord.client`).
     """
     content_filter = ContentFilter.from_settings(settings.content_filter)
     if settings.database.auto_upgrade:
@@ -86,10 +88,11 @@ async def build_services(settings: Settings, *, model: LoadedModel | None = None
         journal = JobJournal(db, worker, images_dir, info.name)
         rate_limiter = RateLimiter(db, settings.rate_limits)
         log.info("content filter: %d global term(s), %d rule(s)", content_filter.term_count, content_filter.rule_count)
-        contests = ContestService(db, clock=clock, content_filter=content_filter, images_dir=images_dir)
+        timers = Timers(db, clock)
+        contests = ContestService(db, timers, content_filter=content_filter, images_dir=images_dir)
         return Services(settings=settings, db=db, model=info, engine=engine, worker=worker, journal=journal,
                         content_filter=content_filter, rate_limiter=rate_limiter, safety_checker=safety_checker,
-                        images_dir=images_dir, contests=contests)
+                        images_dir=images_dir, timers=timers, contests=contests)
     except BaseException:
         if worker is not None:
             await worker.close()

@@ -184,11 +184,10 @@ async def test_contest_end_to_end(discord_server: LocalDiscordServer, tiny_model
         await _stop(running)
         running = await _start(settings, clock, tiny_model)
         db = running.services.db
-        contests = running.services.contests
-        assert contests is not None
-        await _eventually(lambda: contests.scheduler.current is not None, "timer re-armed from the database")
-        assert contests.scheduler.current.key == contest.id
-        assert contests.scheduler.current.when == contest.vote_ends_at
+        timers = running.services.timers
+        await _eventually(lambda: timers.current is not None, "timer re-armed from the database")
+        assert timers.current.event == "contest_results" and timers.current.payload == {"contest_id": contest.id}
+        assert timers.current.due_at == contest.vote_ends_at
 
         assert "counted" in await vote(bob, olivia_entry_msg, olivia)  # a button posted before the restart
         assert "counted" in await vote(carol, olivia_entry_msg, olivia)
