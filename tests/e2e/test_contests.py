@@ -25,6 +25,7 @@ from bot.clock import ManualClock, utcnow
 from bot.config import Settings
 from bot.contests import picture
 from bot.localdiscord import LocalDiscordServer
+from bot.localdiscord.permissions import MANAGE_MESSAGES
 from bot.storage import contest_repository, repository
 from tests.helpers import local_bot_settings
 
@@ -76,6 +77,8 @@ async def test_contest_end_to_end(discord_server: LocalDiscordServer, tiny_model
     running = await _start(settings, clock, tiny_model)
     alice, bob, carol, olivia = (server.members[n] for n in ("alice", "bob", "carol", "olivia"))
     channel = server.art
+    # Taking a refused ⭐ off another member's message needs Manage Messages, which the invite does not ask for.
+    server.grant_permission(MANAGE_MESSAGES, channel)
     try:
         db = running.services.db
 
