@@ -34,6 +34,7 @@ from bot.services import ModelInfo, Services
 from bot.storage.db import Database, upgrade_to_head
 from bot.storage.images import sweep_orphans
 from bot.storage.preflight import check_storage
+from bot.timers.timers import Timers
 from generation.engine import DiffusionEngine
 from generation.loading import LoadedModel, load_pipeline
 from generation.safety import load_safety_checker
@@ -95,7 +96,8 @@ async def build_services(settings: Settings, *, model: LoadedModel | None = None
     Raises :class:`generation.loading.ModelLoadError` (with a message for the admin) when it cannot be loaded,
     and :class:`bot.storage.preflight.StorageError` (a ConfigError) when the database or images folder cannot be
     used; both before anything else is built.
-    ``clock`` (a :class:`bot.clock.Clock`) lets tests drive contest deadlines; default: real time.
+    ``clock`` (a :class:`bot.clock.Clock`) lets tests drive the durable timers (contest deadlines); default:
+    real time. The timers start when the bot is ready (:mod:`bot.discord.client`).
     ``metrics`` and ``health`` (default: new ones) get the worker's metrics and the database and queue checks;
     :func:`start_bot` adds the gateway's check and serves both.
     """
@@ -136,10 +138,11 @@ async def build_services(settings: Settings, *, model: LoadedModel | None = None
         journal = JobJournal(db, worker, images_dir, info.name)
         rate_limiter = RateLimiter(db, settings.rate_limits, queue_size=gen.queue_size)
         log.info("content filter: %d global term(s), %d rule(s)", content_filter.term_count, content_filter.rule_count)
-        contests = ContestService(db, clock=clock, content_filter=content_filter, images_dir=images_dir)
+        timers = Timers(db, clock)
+        contests = ContestService(db, timers, content_filter=content_filter, images_dir=images_dir)
         return Services(settings=settings, db=db, model=info, engine=engine, worker=worker, journal=journal,
                         content_filter=content_filter, rate_limiter=rate_limiter, safety_checker=safety_checker,
-                        images_dir=images_dir, contests=contests, metrics=metrics, health=health)
+                        images_dir=images_dir, timers=timers, contests=contests, metrics=metrics, health=health)
     except BaseException:
         if worker is not None:
             await worker.close()

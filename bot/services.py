@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from bot.gate.rate_limits import RateLimiter
     from bot.journal.job_journal import JobJournal
     from bot.storage.db import Database
+    from bot.timers.timers import Timers
     from generation.safety import OutputChecker
     from generation.worker import GenerationWorker
 
@@ -50,6 +51,7 @@ class Services:
     journal: JobJournal
     content_filter: ContentFilter
     rate_limiter: RateLimiter
+    timers: Timers
     contests: ContestService
     safety_checker: OutputChecker | None = None
     images_dir: Path = field(default_factory=lambda: Path("data/images"))
@@ -73,6 +75,7 @@ class Services:
         if self._stopped:
             return
         self._stopped = True
+        await self.timers.stop()
         await self.journal.close()
         await self.worker.close()
         with contextlib.suppress(TimeoutError):

@@ -2,11 +2,14 @@
 
 Discord-free on purpose: the cog turns interactions into calls here and this service's answers into messages,
 and a :class:`ContestPublisher` (the cog) is told when a deadline has been processed so it can post. Every time
-comes from the injected :class:`~bot.clock.Clock`, so tests run a day-long contest in milliseconds.
+comes from the clock of the bot's :class:`~bot.timers.timers.Timers`, so tests run a day-long contest in
+milliseconds.
 
-Deadline processing is written durable-first: the database records that a step happened *before* anything is
-posted, and a result that was computed but not yet posted stays due, so a crash at any point is repaired by
-the scheduler at the next start.
+A contest's two deadlines are bot-wide durable timers, stored in the same transaction as the contest:
+``contest_voting`` at the end of submissions and ``contest_results`` at the end of voting. Their handlers are
+written durable-first: the database records that a step happened *before* anything is posted, and a failed
+results post makes the handler raise, so the timer stays and is retried (also after a restart) until the
+results are out.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from bot.clock import Clock, SystemClock
+from bot.clock import Clock
 from bot.contests import rules
 from bot.contests.picture import PodiumEntry, render_results
 from bot.contests.rules import Phase, RuleError, Standing, Tally, Windows
@@ -33,11 +36,14 @@ from bot.storage.contest_records import (
     VoteChange,
 )
 from bot.storage.db import Database
-from bot.timers.deadlines import Deadline, DeadlineScheduler
+from bot.storage.timer_records import NewTimer
+from bot.timers.timers import Timers
 
 log = logging.getLogger(__name__)
 
 THEME_MAX_CHARS = 200
+VOTING_EVENT = "contest_voting"  # due when submissions close: announce the vote
+RESULTS_EVENT = "contest_results"  # due when voting closes: freeze the ranking and post it
 
 
 class PromptFilter(Protocol):
@@ -47,12 +53,12 @@ class PromptFilter(Protocol):
 
 
 class ContestPublisher(Protocol):
-    """Posts what the deadlines produce (the cog); raising makes the scheduler retry the step later."""
+    """Posts what the deadlines produce (the cog)."""
 
     async def voting_opened(self, contest: ContestRecord, entries: int) -> None: ...
 
     async def results_ready(self, contest: ContestRecord, outcome: Outcome) -> int | None:
-        """Post the results; returns the message id."""
+        """Post the results; returns the message id (raising: the results timer is retried later)."""
         ...
 
 
@@ -91,52 +97,54 @@ def windows_of(contest: ContestRecord) -> Windows:
     return Windows(contest.starts_at, contest.submit_ends_at, contest.vote_ends_at)
 
 
-class ContestService:
-    """See the module docstring. One per bot; the cog calls :meth:`start_scheduler` once the bot is ready."""
+def contest_timers(contest: ContestRecord) -> list[NewTimer]:
+    """The two deadlines a new contest is stored with."""
+    payload = {"contest_id": contest.id}
+    return [NewTimer(VOTING_EVENT, contest.submit_ends_at, payload),
+            NewTimer(RESULTS_EVENT, contest.vote_ends_at, payload)]
 
-    def __init__(self, db: Database, *, clock: Clock | None = None, content_filter: PromptFilter | None = None,
+
+class ContestService:
+    """See the module docstring. One per bot: it registers the contest timers' handlers with ``timers``."""
+
+    def __init__(self, db: Database, timers: Timers, *, content_filter: PromptFilter | None = None,
                  images_dir: Path | str | None = None) -> None:
         self.db = db
-        self.clock: Clock = clock or SystemClock()
+        self.timers = timers
+        self.clock: Clock = timers.clock
         self.content_filter = content_filter
         self.images_dir = Path(images_dir) if images_dir is not None else None
         self.publisher: ContestPublisher | None = None
-        self.scheduler: DeadlineScheduler[int] = DeadlineScheduler(
-            self.clock, self._next_deadline, self.handle_deadline, name="contests")
+        timers.register(VOTING_EVENT, self._voting_due)
+        timers.register(RESULTS_EVENT, self._results_due)
 
-    # --- scheduler -----------------------------------------------------------------------------------------
+    # --- deadlines -----------------------------------------------------------------------------------------
 
-    def start_scheduler(self) -> None:
-        """Arm the timer from the database (overdue deadlines run at once)."""
-        self.scheduler.start()
-
-    async def close(self) -> None:
-        await self.scheduler.stop()
-
-    async def _next_deadline(self) -> Deadline[int] | None:
-        found = await repo.next_contest_deadline(self.db)
-        return Deadline(found[0], found[1]) if found else None
-
-    async def handle_deadline(self, contest_id: int) -> None:
-        """One step of a contest whose deadline came: open voting, or finish and post the results."""
+    async def _voting_due(self, payload: Mapping[str, Any]) -> None:
+        """Submissions closed: record it, then announce the vote (a lost announcement is not retried)."""
+        contest_id = int(payload["contest_id"])
         contest = await repo.get_contest(self.db, contest_id)
+        now = self.clock.now()
+        if contest is None or now >= contest.vote_ends_at:
+            return  # gone, or the bot was down past the vote too: the results timer says it all
+        if not await repo.mark_voting_announced(self.db, contest_id, now):
+            return  # cancelled, or announced by an earlier run
+        entries, _, _ = await repo.contest_counts(self.db, contest_id)
+        if self.publisher is not None:
+            try:
+                await self.publisher.voting_opened(contest, entries)
+            except Exception:  # the step is recorded; a lost announcement must not stall the contest
+                log.exception("announcing voting for contest %s failed", contest_id)
+
+    async def _results_due(self, payload: Mapping[str, Any]) -> None:
+        """Voting closed: finish the contest and post the results; raises (to be retried) until they are out."""
+        contest = await repo.get_contest(self.db, int(payload["contest_id"]))
         if contest is None:
             return
-        now = self.clock.now()
-        if contest.state == "finished" and contest.results_posted_at is None:
+        if contest.state == "running":
+            await self.finish(contest.id)
+        elif contest.state == "finished" and contest.results_posted_at is None:
             await self._publish_results(contest, await self.outcome(contest))
-            return
-        if contest.state != "running":
-            return
-        if now >= contest.vote_ends_at:
-            await self.finish(contest_id)
-        elif now >= contest.submit_ends_at and await repo.mark_voting_announced(self.db, contest_id, now):
-            entries, _, _ = await repo.contest_counts(self.db, contest_id)
-            if self.publisher is not None:
-                try:
-                    await self.publisher.voting_opened(contest, entries)
-                except Exception:  # the step is recorded; a lost announcement must not stall the contest
-                    log.exception("announcing voting for contest %s failed", contest_id)
 
     async def finish(self, contest_id: int) -> Outcome | None:
         """Freeze the ranking (counted from the votes table) and post it; None when it was not running."""
@@ -157,7 +165,7 @@ class ContestService:
         if self.publisher is None:  # nobody to post (tests, or a bot without the cog): still recorded as done
             await repo.mark_results_posted(self.db, contest.id, None, self.clock.now())
             return
-        message_id = await self.publisher.results_ready(contest, outcome)  # raising: retried by the scheduler
+        message_id = await self.publisher.results_ready(contest, outcome)  # raising: the timer is retried
         await repo.mark_results_posted(self.db, contest.id, message_id, self.clock.now())
 
     async def outcome(self, contest: ContestRecord) -> Outcome:
@@ -176,7 +184,7 @@ class ContestService:
 
     async def start(self, *, guild_id: int, channel_id: int, created_by: int, theme: str, submit_for: str,
                     vote_for: str, max_entries: int | None = None) -> ContestRecord:
-        """Store a new running contest and arm its deadline; refuses bad input and a busy channel."""
+        """Store a new running contest with its two timers; refuses bad input and a busy channel."""
         theme = " ".join((theme or "").split())
         if not theme:
             raise RuleError("Please give the contest a theme.", code="bad_theme")
@@ -188,14 +196,14 @@ class ContestService:
         rules.check_max_entries(max_entries)
         windows = Windows.from_durations(self.clock.now(), submit, vote)
         try:
-            contest = await repo.create_contest(
+            contest, timers = await repo.create_contest(
                 self.db, guild_id=guild_id, channel_id=channel_id, theme=theme, created_by=created_by,
                 starts_at=windows.starts_at, submit_ends_at=windows.submit_ends_at,
-                vote_ends_at=windows.vote_ends_at, max_entries=max_entries)
+                vote_ends_at=windows.vote_ends_at, max_entries=max_entries, timers=contest_timers)
         except repo.ContestConflict:
             raise RuleError("A contest is already running in that channel. Wait for it to end, or "
                             "`/contest cancel` it first.", code="busy") from None
-        self.scheduler.notify(contest.submit_ends_at)
+        self.timers.stored(*timers)
         return contest
 
     async def set_announcement(self, contest_id: int, message_id: int | None) -> None:
@@ -324,7 +332,8 @@ class ContestService:
         cancelled = await repo.cancel_contest(self.db, contest.id, self.clock.now())
         if cancelled is None:
             raise RuleError("That contest has already ended.", code="ended")
-        self.scheduler.notify()
+        # Not in the cancel's transaction, and need not be: a timer left behind finds the contest cancelled.
+        await self.timers.cancel(VOTING_EVENT, RESULTS_EVENT, contest_id=contest.id)
         return cancelled
 
     async def status(self, guild_id: int | None, channel_id: int, member_id: int) -> ContestStatus:

@@ -5,7 +5,9 @@ builds nothing itself (the composition root does that), so tests can run the rea
 Discord-compatible server with whatever services they assembled.
 
 ``setup_hook`` order matters: cogs and persistent buttons first (a click can arrive as soon as the gateway is
-up), then command sync, then journal recovery (recovered jobs are delivered through the cogs' delivery).
+up), then command sync, then journal recovery (recovered jobs are delivered through the cogs' delivery). The
+durable timers start once the gateway is ready, because their handlers post messages (and the cogs that post
+them are loaded by then); they stop when the bot closes.
 """
 
 from __future__ import annotations
@@ -136,6 +138,14 @@ class _ImagineBotMixin:
         bot.add_dynamic_items(*DYNAMIC_ITEMS)
         await self.sync_commands()
         await self.recover_jobs()
+        self.spawn(self._start_timers_when_ready(), name="timers-start")
+
+    async def _start_timers_when_ready(self) -> None:
+        """Timers that came due while the bot was down run now, in order."""
+        bot: Any = self
+        await bot.wait_until_ready()
+        self.services.timers.start()
+        log.info("timers armed")
 
     async def sync_commands(self) -> None:
         """Guild sync is instant (used for the configured guilds); a global sync can take up to an hour."""
@@ -181,6 +191,7 @@ class _ImagineBotMixin:
             task.cancel()
         if self.background:
             await asyncio.gather(*self.background, return_exceptions=True)
+        await self.services.timers.stop()  # their handlers post through this bot; the next one starts them again
         await super().close()  # type: ignore[misc]
 
 

@@ -31,7 +31,7 @@ CONTEST_STATES = ("running", "finished", "cancelled")
 
 
 class Contest(Base):
-    """A themed contest in one channel with its two deadlines; the scheduler reads its timer from here."""
+    """A themed contest in one channel with its two deadlines (each also a row of the `timers` table)."""
 
     __tablename__ = "contests"
     __table_args__ = (

@@ -11,7 +11,7 @@ The unique constraints are the last line of defence (a check forgotten in code).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -30,6 +30,8 @@ from bot.storage.contest_records import (
 )
 from bot.storage.db import Database
 from bot.storage.models import Image, Job
+from bot.storage.timer_records import NewTimer, TimerRecord
+from bot.storage.timer_repository import insert_timer
 
 R = TypeVar("R")
 
@@ -63,8 +65,14 @@ def _result(row: ContestResult) -> ResultRecord:
 
 async def create_contest(db: Database, *, guild_id: int, channel_id: int, theme: str, created_by: int,
                          starts_at: datetime, submit_ends_at: datetime, vote_ends_at: datetime,
-                         max_entries: int | None) -> ContestRecord:
-    """Store a running contest; raises :class:`ContestConflict` when the channel already runs one."""
+                         max_entries: int | None,
+                         timers: Callable[[ContestRecord], Iterable[NewTimer]] = lambda _: (),
+                         ) -> tuple[ContestRecord, list[TimerRecord]]:
+    """Store a running contest and the timers ``timers(contest)`` names, in one transaction.
+
+    Together or not at all: a contest stored without its deadlines would never end. Raises
+    :class:`ContestConflict` when the channel already runs one.
+    """
     try:
         async with db.session(write=True) as session:
             row = Contest(guild_id=guild_id, channel_id=channel_id, theme=theme, created_by=created_by,
@@ -72,7 +80,9 @@ async def create_contest(db: Database, *, guild_id: int, channel_id: int, theme:
                           max_entries=max_entries, state="running")
             session.add(row)
             await session.flush()
-            return _contest(row)
+            contest = _contest(row)
+            stored = [await insert_timer(session, timer, created_at=starts_at) for timer in timers(contest)]
+            return contest, stored
     except IntegrityError as exc:
         raise ContestConflict(channel_id) from exc
 
@@ -111,32 +121,6 @@ async def set_announcement_message(db: Database, contest_id: int, message_id: in
     async with db.session(write=True) as session:
         await session.execute(update(Contest).where(Contest.id == contest_id)
                               .values(announcement_message_id=message_id))
-
-
-async def next_contest_deadline(db: Database) -> tuple[datetime, int] | None:
-    """The earliest thing the scheduler must do, as ``(when, contest_id)``.
-
-    A running contest is due at its submission deadline until voting was announced, then at its vote
-    deadline; a finished contest whose results were not posted yet (a crash between the two) is due at once.
-    """
-    async with db.session() as session:
-        candidates: list[tuple[datetime, int]] = []
-        queries = (
-            select(Contest.submit_ends_at, Contest.id)
-            .where(Contest.state == "running", Contest.voting_announced_at.is_(None))
-            .order_by(Contest.submit_ends_at, Contest.id).limit(1),
-            select(Contest.vote_ends_at, Contest.id)
-            .where(Contest.state == "running", Contest.voting_announced_at.is_not(None))
-            .order_by(Contest.vote_ends_at, Contest.id).limit(1),
-            select(Contest.finished_at, Contest.id)
-            .where(Contest.state == "finished", Contest.results_posted_at.is_(None))
-            .order_by(Contest.finished_at, Contest.id).limit(1),
-        )
-        for stmt in queries:
-            row = (await session.execute(stmt)).first()
-            if row is not None:
-                candidates.append((row[0], row[1]))
-        return min(candidates) if candidates else None
 
 
 async def mark_voting_announced(db: Database, contest_id: int, at: datetime) -> bool:

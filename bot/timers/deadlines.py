@@ -118,13 +118,24 @@ class DeadlineScheduler(Generic[K]):
                 task.cancel()
         return sleeper in done
 
+    async def _back_off(self, what: str) -> None:
+        """Log the current exception and wait before trying again, so one bad row or outage cannot spin."""
+        self.failures += 1
+        log.exception("%s; retrying in %.0fs", what, RETRY_SECONDS)
+        self._state = "backoff"
+        await asyncio.sleep(RETRY_SECONDS)
+
     async def _dispatch(self) -> None:
         try:
             while True:
                 self._state = "querying"
                 self._current = None
                 self._changed.clear()
-                deadline = await self._next_due()
+                try:
+                    deadline = await self._next_due()
+                except Exception:  # the database is away for a moment: the timer must not die with it
+                    await self._back_off("reading the next deadline failed")
+                    continue
                 if self._changed.is_set():
                     continue  # something changed while we read: read again
                 if deadline is None:
@@ -142,10 +153,7 @@ class DeadlineScheduler(Generic[K]):
                     await self._on_due(deadline.key)
                     self.handled += 1
                 except Exception:
-                    self.failures += 1
-                    log.exception("deadline %r failed; retrying in %.0fs", deadline.key, RETRY_SECONDS)
-                    self._state = "backoff"
-                    await asyncio.sleep(RETRY_SECONDS)
+                    await self._back_off(f"deadline {deadline.key!r} failed")
         finally:
             self._current = None
             self._state = "stopped"

@@ -25,6 +25,7 @@ from bot.clock import ManualClock, utcnow
 from bot.config import Settings
 from bot.contests import picture
 from bot.localdiscord import LocalDiscordServer
+from bot.localdiscord.permissions import MANAGE_MESSAGES
 from bot.storage import contest_repository, repository
 from tests.helpers import local_bot_settings
 
@@ -76,6 +77,8 @@ async def test_contest_end_to_end(discord_server: LocalDiscordServer, tiny_model
     running = await _start(settings, clock, tiny_model)
     alice, bob, carol, olivia = (server.members[n] for n in ("alice", "bob", "carol", "olivia"))
     channel = server.art
+    # Taking a refused ⭐ off another member's message needs Manage Messages, which the invite does not ask for.
+    server.grant_permission(MANAGE_MESSAGES, channel)
     try:
         db = running.services.db
 
@@ -184,11 +187,10 @@ async def test_contest_end_to_end(discord_server: LocalDiscordServer, tiny_model
         await _stop(running)
         running = await _start(settings, clock, tiny_model)
         db = running.services.db
-        contests = running.services.contests
-        assert contests is not None
-        await _eventually(lambda: contests.scheduler.current is not None, "timer re-armed from the database")
-        assert contests.scheduler.current.key == contest.id
-        assert contests.scheduler.current.when == contest.vote_ends_at
+        timers = running.services.timers
+        await _eventually(lambda: timers.current is not None, "timer re-armed from the database")
+        assert timers.current.event == "contest_results" and timers.current.payload == {"contest_id": contest.id}
+        assert timers.current.due_at == contest.vote_ends_at
 
         assert "counted" in await vote(bob, olivia_entry_msg, olivia)  # a button posted before the restart
         assert "counted" in await vote(carol, olivia_entry_msg, olivia)

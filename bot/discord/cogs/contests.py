@@ -169,15 +169,8 @@ class ContestCog(commands.GroupCog, name="Contests", group_name="contest",
         providers = getattr(delivery, "result_item_providers", None)
         if providers is not None and self.result_items not in providers:
             providers.append(self.result_items)
-        spawn = getattr(self.bot, "spawn", None)
-        coro = self._arm_when_ready()
-        if spawn is not None:
-            spawn(coro, name="contests-scheduler")
-        else:  # pragma: no cover - a plain commands.Bot
-            self.bot.loop.create_task(coro)
 
     async def cog_unload(self) -> None:
-        await self.service.close()
         if self.service.publisher is self:
             self.service.publisher = None
         self.bot.remove_dynamic_items(*CONTEST_ITEMS)
@@ -185,12 +178,6 @@ class ContestCog(commands.GroupCog, name="Contests", group_name="contest",
         providers = getattr(delivery, "result_item_providers", None)
         if providers is not None and self.result_items in providers:
             providers.remove(self.result_items)
-
-    async def _arm_when_ready(self) -> None:
-        """Deadlines post messages, so the timer starts once the gateway is ready; overdue ones run at once."""
-        await self.bot.wait_until_ready()
-        self.service.start_scheduler()
-        log.info("contest timer armed")
 
     # --- helpers -------------------------------------------------------------------------------------------
 
@@ -251,7 +238,7 @@ class ContestCog(commands.GroupCog, name="Contests", group_name="contest",
             message = await channel.send(first, allowed_mentions=NO_MENTIONS, **kwargs)
         except (discord.NotFound, discord.Forbidden):
             # The channel is gone or closed to the bot: retrying cannot help. The results stay stored (and count
-            # for the leaderboard); other errors propagate so the scheduler tries again.
+            # for the leaderboard); other errors propagate so the results timer tries again.
             log.warning("contest %s results could not be posted in channel %s", contest.id, contest.channel_id,
                         exc_info=True)
             return None

@@ -15,6 +15,7 @@ from bot.clock import ManualClock, utcnow
 from bot.contests.service import ContestService
 from bot.storage import repository
 from bot.storage.db import Database
+from bot.timers.timers import Timers
 from tests.helpers import new_job
 
 GUILD = 1000
@@ -30,12 +31,18 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-async def service(db: Database, clock: ManualClock, tmp_path: Path) -> AsyncIterator[ContestService]:
-    svc = ContestService(db, clock=clock, images_dir=tmp_path / "images")
+async def timers(db: Database, clock: ManualClock) -> AsyncIterator[Timers]:
+    """The bot's timers on the test's clock; a test that wants deadlines to fire calls ``timers.start()``."""
+    bot_timers = Timers(db, clock)
     try:
-        yield svc
+        yield bot_timers
     finally:
-        await svc.close()
+        await bot_timers.stop()
+
+
+@pytest.fixture
+def service(db: Database, timers: Timers, tmp_path: Path) -> ContestService:
+    return ContestService(db, timers, images_dir=tmp_path / "images")
 
 
 def png(colour: tuple[int, int, int]) -> bytes:

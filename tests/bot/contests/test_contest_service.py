@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from PIL import Image
+from sqlalchemy import text
 
 from bot.clock import ManualClock
 from bot.contests.rules import RuleError
@@ -17,6 +19,7 @@ from bot.storage import contest_repository as repo
 from bot.storage import repository
 from bot.storage.contest_records import ContestRecord
 from bot.storage.db import Database
+from bot.timers.timers import Timers
 
 GUILD, CHANNEL = 1000, 2000  # as in conftest.py
 ALICE, BOB, CAROL, DAVE = 11, 12, 13, 14
@@ -58,6 +61,23 @@ async def test_one_running_contest_per_channel(service: ContestService) -> None:
     await _start(service, channel_id=CHANNEL + 1)  # another channel is fine
 
 
+async def _timer_rows(db: Database) -> list[tuple[str, object, dict]]:
+    async with db.session() as session:
+        rows = await session.execute(text("SELECT event, due_at, payload FROM timers ORDER BY due_at, id"))
+        return [(event, due_at, json.loads(payload)) for event, due_at, payload in rows]
+
+
+async def test_a_contest_is_stored_with_its_two_timers_or_not_at_all(service: ContestService, db: Database) -> None:
+    contest = await _start(service)
+    expected = [("contest_voting", contest.submit_ends_at, {"contest_id": contest.id}),
+                ("contest_results", contest.vote_ends_at, {"contest_id": contest.id})]
+    naive = [(event, when.replace(tzinfo=None), payload) for event, when, payload in expected]
+    assert [(e, datetime.fromisoformat(str(w)), p) for e, w, p in await _timer_rows(db)] == naive
+    with pytest.raises(RuleError):
+        await _start(service)  # refused in the same transaction: no stray timers
+    assert len(await _timer_rows(db)) == 2
+
+
 @pytest.mark.parametrize(("options", "code"), [
     ({"submit_for": "soon"}, "bad_duration"), ({"vote_for": "0m"}, "bad_duration"),
     ({"theme": "   "}, "bad_theme"), ({"max_entries": 0}, "bad_max_entries"),
@@ -72,7 +92,7 @@ async def test_full_contest_ranks_from_the_votes_table(service: ContestService, 
                                                        make_job: MakeJob) -> None:
     publisher = Recorder()
     service.publisher = publisher
-    service.start_scheduler()
+    service.timers.start()
     contest = await _start(service, max_entries=1)
     jobs = {user: await make_job(user, colour=(user * 10, 0, 0)) for user in (ALICE, BOB, CAROL)}
     entries = {}
@@ -88,7 +108,7 @@ async def test_full_contest_ranks_from_the_votes_table(service: ContestService, 
     assert early.value.code == "not_voting"
 
     await clock.set(contest.submit_ends_at)
-    await service.scheduler.wait_settled()
+    await service.timers.wait_settled()
     assert publisher.voting == [contest.id]
     # Carol: 2 votes, Bob: 2 votes (submitted before Carol, so Bob wins the tie), Alice: 1
     await service.vote(entries[CAROL].id, ALICE)
@@ -106,7 +126,7 @@ async def test_full_contest_ranks_from_the_votes_table(service: ContestService, 
     assert (await service.vote(entries[ALICE].id, BOB)).votes == 1
 
     await clock.set(contest.vote_ends_at)
-    await service.scheduler.wait_settled()
+    await service.timers.wait_settled()
     assert len(publisher.results) == 1
     outcome = publisher.results[0]
     assert [(r.entry.user_id, r.votes, r.points) for r in outcome.ranking] == [(BOB, 2, 3), (CAROL, 2, 2),
@@ -148,11 +168,11 @@ async def test_entry_rules_against_real_jobs(service: ContestService, make_job: 
     assert (await repo.contest_counts(db, contest.id))[0] == 1
 
 
-async def test_filter_is_checked_again(db: Database, clock: ManualClock, make_job: MakeJob) -> None:
+async def test_filter_is_checked_again(db: Database, timers: Timers, make_job: MakeJob) -> None:
     from bot.gate.content_filter import ContentFilter
 
     await repository.add_blocked_terms(db, GUILD, ["dragon"])  # the server's own term counts too
-    service = ContestService(db, clock=clock, content_filter=ContentFilter(["forbidden"]))
+    service = ContestService(db, timers, content_filter=ContentFilter(["forbidden"]))
     await _start(service)
     for prompt in ("a forbidden cat", "a dragon"):
         job = await make_job(ALICE, prompt=prompt)
@@ -190,14 +210,16 @@ async def test_deleted_entry_message_withdraws_the_entry(service: ContestService
 async def test_cancel_stops_the_contest(service: ContestService, clock: ManualClock) -> None:
     publisher = Recorder()
     service.publisher = publisher
-    service.start_scheduler()
+    service.timers.start()
     contest = await _start(service)
     cancelled = await service.cancel(GUILD, CHANNEL)
     assert cancelled.state == "cancelled"
     with pytest.raises(RuleError):
         await service.cancel(GUILD, CHANNEL)
+    await service.timers.wait_settled()
+    assert service.timers.current is None  # both of its timers were deleted
     await clock.set(contest.vote_ends_at)
-    await service.scheduler.wait_settled()
+    await service.timers.wait_settled()
     assert publisher.voting == [] and publisher.results == []
     status = await service.status(GUILD, CHANNEL, ALICE)
     assert status.phase == "cancelled"
@@ -206,51 +228,58 @@ async def test_cancel_stops_the_contest(service: ContestService, clock: ManualCl
 
 async def test_deadline_passed_while_down_is_processed_at_start(db: Database, clock: ManualClock,
                                                                 make_job: MakeJob) -> None:
-    first = ContestService(db, clock=clock)
+    first = ContestService(db, Timers(db, clock))
+    first.timers.start()
     contest = await _start(first)
     _, entry = await first.submit(guild_id=GUILD, channel_id=CHANNEL, member_id=ALICE,
                                   job_id=await make_job(ALICE))
-    await first.close()  # "the bot goes down" before any deadline
+    await first.timers.stop()  # "the bot goes down" before any deadline
     await clock.set(contest.vote_ends_at + timedelta(hours=5))
-    second = ContestService(db, clock=clock)
+    second = ContestService(db, Timers(db, clock))
     publisher = Recorder()
     second.publisher = publisher
-    second.start_scheduler()
-    await second.scheduler.wait_settled()
+    second.timers.start()
+    await second.timers.wait_settled()
+    assert publisher.voting == []  # the vote is long over: straight to the results
     assert [r.entry.id for r in publisher.results[0].ranking] == [entry.id]
     stored = await repo.get_contest(db, contest.id)
     assert stored is not None and stored.state == "finished" and stored.results_posted_at is not None
-    await second.close()
+    assert second.timers.current is None
+    await second.timers.stop()
 
 
-async def test_results_not_posted_are_retried(db: Database, clock: ManualClock, make_job: MakeJob,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    from bot.timers import deadlines as scheduler
-
-    monkeypatch.setattr(scheduler, "RETRY_SECONDS", 0.01)
-    service = ContestService(db, clock=clock)
+async def test_results_not_posted_are_retried(service: ContestService, clock: ManualClock, db: Database,
+                                              make_job: MakeJob) -> None:
     publisher = Recorder()
     publisher.fail_results = 1
     service.publisher = publisher
-    service.start_scheduler()
+    service.timers.start()
     contest = await _start(service)
     await service.submit(guild_id=GUILD, channel_id=CHANNEL, member_id=ALICE, job_id=await make_job(ALICE))
     await clock.set(contest.vote_ends_at)
-    for _ in range(50):
-        if publisher.results:
-            break
-        await asyncio.sleep(0.02)
+    await service.timers.wait_settled()
+    stored = await repo.get_contest(db, contest.id)
+    assert publisher.results == [] and stored is not None and stored.state == "finished"
+    assert stored.results_posted_at is None  # counted and frozen, but not posted: its timer stays
+    retry = service.timers.current
+    assert retry is not None and retry.event == "contest_results" and retry.payload == {"contest_id": contest.id}
+    assert retry.due_at == contest.vote_ends_at + service.timers.retry_after
+
+    await clock.set(retry.due_at)
+    await service.timers.wait_settled()
     assert len(publisher.results) == 1 and publisher.results[0].ranking[0].votes == 0
-    await service.close()
+    stored = await repo.get_contest(db, contest.id)
+    assert stored is not None and stored.results_posted_at is not None and stored.results_message_id == 999
+    assert service.timers.current is None
 
 
 async def test_contest_with_no_entries_finishes_without_picture(service: ContestService, clock: ManualClock) -> None:
     publisher = Recorder()
     service.publisher = publisher
-    service.start_scheduler()
+    service.timers.start()
     contest = await _start(service)
     await clock.set(contest.vote_ends_at)
-    await service.scheduler.wait_settled()
+    await service.timers.wait_settled()
     assert publisher.results and publisher.results[0].ranking == []
     assert await service.picture(publisher.results[0], {}) is None
 

@@ -23,6 +23,7 @@ from bot.services import ModelInfo, Services
 from bot.storage import repository
 from bot.storage.db import Database
 from bot.storage.records import GuildSettingsRecord
+from bot.timers.timers import Timers
 from generation.worker import GenerationWorker
 
 pytestmark = pytest.mark.timeout(60)
@@ -48,12 +49,13 @@ async def services(tmp_path: Path) -> AsyncIterator[Services]:
     db = Database.connect(settings.database.url)
     await db.create_all()
     worker = GenerationWorker(NeverRuns(), queue_size=settings.generation.queue_size, max_batch_size=4)
+    timers = Timers(db)
     services = Services(
         settings=settings, db=db, model=ModelInfo("tiny"), worker=worker,
         journal=JobJournal(db, worker, tmp_path / "images", "tiny"),
         content_filter=ContentFilter.from_settings(settings.content_filter),
         rate_limiter=RateLimiter(db, settings.rate_limits), images_dir=tmp_path / "images",
-        contests=ContestService(db, images_dir=tmp_path / "images"),
+        timers=timers, contests=ContestService(db, timers, images_dir=tmp_path / "images"),
     )
     yield services
     await services.close()

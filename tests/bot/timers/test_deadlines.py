@@ -160,3 +160,28 @@ async def test_wait_settled_and_stop() -> None:
     assert scheduler.handled == 1 and scheduler.current is None
     await scheduler.stop()
     assert not scheduler.running
+
+
+async def test_a_failed_read_is_retried_instead_of_killing_the_timer(monkeypatch) -> None:  # noqa: ANN001
+    """A database blip while reading the next deadline: back off, read again (here the back-off is zero)."""
+    from bot.timers import deadlines
+
+    monkeypatch.setattr(deadlines, "RETRY_SECONDS", 0)
+    store = Store({"after-the-blip": T0})
+    clock, scheduler = await _make(store, T0)
+    real_next_due = store.next_due
+    reads = 0
+
+    async def flaky_next_due() -> Deadline[str] | None:
+        nonlocal reads
+        reads += 1
+        if reads == 1:
+            raise ConnectionError("database restarting")
+        return await real_next_due()
+
+    scheduler._next_due = flaky_next_due
+    scheduler.start()
+    await scheduler.wait_settled(limit=5)
+    assert [k for k, _ in store.fired] == ["after-the-blip"]
+    assert scheduler.failures == 1 and scheduler.running
+    await scheduler.stop()
