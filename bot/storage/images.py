@@ -140,7 +140,7 @@ def _leftovers_of(images_dir: Path, jobs: list[JobRecord], rows: list[ImageRecor
     candidates: list[Path] = []
     tmp_prefixes: dict[Path, list[str]] = {}
     for job in jobs:
-        for index in range(job.count):
+        for index in range(job.params.count):
             target = images_dir / image_relpath(job.id, index)
             candidates.append(target)
             tmp_prefixes.setdefault(target.parent, []).append(f".{job.id}-")

@@ -64,7 +64,8 @@ async def test_one_running_contest_per_channel(service: ContestService) -> None:
 async def _timer_rows(db: Database) -> list[tuple[str, object, dict]]:
     async with db.session() as session:
         rows = await session.execute(text("SELECT event, due_at, payload FROM timers ORDER BY due_at, id"))
-        return [(event, due_at, json.loads(payload)) for event, due_at, payload in rows]
+        return [(event, due_at, payload if isinstance(payload, dict) else json.loads(payload))
+                for event, due_at, payload in rows]  # asyncpg hands JSON back decoded, SQLite as text
 
 
 async def test_a_contest_is_stored_with_its_two_timers_or_not_at_all(service: ContestService, db: Database) -> None:

@@ -183,7 +183,8 @@ async def test_cancelling_a_waiting_job_frees_the_members_slot_at_once(db: Datab
     """No wait for the follower: the job stops counting as queued, and its images are given back."""
     journal = JobJournal(db, worker, tmp_path / "images", "tiny")
     limiter = RateLimiter(db, RateLimitSettings(images_per_window=2, max_queued_per_user=1))
-    waiting, _ = await journal.accept(request(count=2), **ORIGIN, reservation=await limiter.reserve(10, 30, 2))
+    waiting, _ = await journal.accept(request(count=2), **ORIGIN,
+                                     ledger_entry_id=(await limiter.reserve(10, 30, 2)).entry_id)
     assert (await limiter.usage(10, 30)).queued == 1
     assert await journal.cancel(waiting.id)
     # Straight after /cancel answers (the follower has not recorded anything yet):
@@ -194,7 +195,7 @@ async def test_cancelling_a_waiting_job_frees_the_members_slot_at_once(db: Datab
     await journal.wait_idle()
     assert (await repo.get_job(db, waiting.id)).status == "cancelled"
     # A job cancelled while running keeps its grant (the images were being made).
-    running, _ = await journal.accept(request(count=2), **ORIGIN, reservation=again)
+    running, _ = await journal.accept(request(count=2), **ORIGIN, ledger_entry_id=again.entry_id)
     worker.run(running.id)
     await repo.mark_running(db, running.id)
     assert await journal.cancel(running.id)

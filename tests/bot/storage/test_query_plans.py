@@ -50,7 +50,7 @@ async def history(db: Database) -> dict[str, int]:
             await _job(db, user)
     unfinished = await _job(db, finish=False)
     now = utcnow()
-    contest = await contests.create_contest(db, guild_id=GUILD, channel_id=CHANNEL, theme="t", created_by=USER,
+    contest, _ = await contests.create_contest(db, guild_id=GUILD, channel_id=CHANNEL, theme="t", created_by=USER,
                                             starts_at=now - timedelta(hours=1), submit_ends_at=now,
                                             vote_ends_at=now + timedelta(hours=1), max_entries=None)
     entry = await contests.add_entry(db, contest_id=contest.id, member_id=USER, job_id=1, image_index=0, now=now,

@@ -14,7 +14,7 @@ from bot.storage.db import Database, current_revision, run_alembic
 from bot.timers.timers import Timers
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-BEFORE = "0008"  # the revision 0005 follows
+BEFORE = "0002"  # the revision 0005 follows
 
 
 def _at(hours: float) -> str:
