@@ -5,7 +5,8 @@ builds nothing itself (the composition root does that), so tests can run the rea
 Discord-compatible server with whatever services they assembled.
 
 ``setup_hook`` order matters: cogs and persistent buttons first (a click can arrive as soon as the gateway is
-up), then command sync, then journal recovery (recovered jobs are delivered through the cogs' delivery).
+up), then command sync, then journal recovery (recovered jobs are delivered through the cogs' delivery), then
+the inbox replay (commands acknowledged before a crash that never became jobs; they queue behind the others).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord.delivery import Delivery
+from bot.discord.replay import replay_inbox
 from bot.discord.replies import APOLOGY, answer
 from bot.discord.views import DYNAMIC_ITEMS
 from bot.services import Services
@@ -125,6 +127,10 @@ class _ImagineBotMixin:
         bot.add_dynamic_items(*DYNAMIC_ITEMS)
         await self.sync_commands()
         await self.recover_jobs()
+        try:
+            await replay_inbox(self)
+        except Exception:
+            log.exception("replaying the inbox failed; its entries are tried again at the next start")
 
     async def sync_commands(self) -> None:
         """Guild sync is instant (used for the configured guilds); a global sync can take up to an hour."""
@@ -170,6 +176,8 @@ class _ImagineBotMixin:
             task.cancel()
         if self.background:
             await asyncio.gather(*self.background, return_exceptions=True)
+        if delivery is not None:
+            await delivery.close()
         await super().close()  # type: ignore[misc]
 
 

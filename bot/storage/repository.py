@@ -12,13 +12,13 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import func, literal, or_, select, update
+from sqlalchemy import delete, func, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.storage.base import UTCDateTime
 from bot.storage.db import Database
-from bot.storage.models import GuildSettings, Image, Job, Member, ModerationEvent
+from bot.storage.models import GuildSettings, Image, InboxEntry, Job, Member, ModerationEvent
 from bot.storage.records import (
     UNFINISHED,
     GuildSettingsRecord,
@@ -119,7 +119,11 @@ async def create_job(
     parent_job_id: int | None = None,
     ledger_entry_id: int | None = None,
 ) -> JobRecord:
-    """Journal a new job (status ``queued``), count it for the member, and link its rate-limit entry."""
+    """Journal a new job (status ``queued``), count it for the member, and link its rate-limit entry.
+
+    The interaction's inbox entry (if any) is deleted in the same transaction: after the commit the command
+    exists exactly once, as this job, so a replay at the next start cannot run it a second time.
+    """
     from bot.storage.models import RateLimitEntry
 
     now = utcnow()
@@ -136,6 +140,8 @@ async def create_job(
         if ledger_entry_id is not None:
             await session.execute(update(RateLimitEntry).where(RateLimitEntry.id == ledger_entry_id)
                                   .values(job_id=job.id))
+        if interaction_id is not None:
+            await session.execute(delete(InboxEntry).where(InboxEntry.interaction_id == interaction_id))
         await _touch_member(session, user_id, 1, count, now)
         return _job(job)
 

@@ -15,6 +15,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.discord.permissions import permissions_line
 from bot.storage import repository
 from bot.storage.records import GuildSettingsRecord
 from bot.text import MESSAGE_CONTENT_LIMIT, truncate
@@ -122,7 +123,8 @@ class Admin(commands.Cog):
     async def show(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         record = await repository.get_guild_settings(self.services.db, interaction.guild_id)
-        await self._reply(interaction, settings_summary(record, self.services.settings))
+        summary = settings_summary(record, self.services.settings)
+        await self._reply(interaction, f"{summary}\n{permissions_line(interaction.app_permissions)}")
 
     @settings_group.command(name="nsfw", description="What to do with images the safety checker flags")
     @app_commands.check(admin_check)
