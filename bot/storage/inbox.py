@@ -32,8 +32,8 @@ async def record(db: Database, *, interaction_id: int, application_id: int, toke
                  channel_id: int, user_id: int, role_ids: tuple[int, ...] = (), options: Mapping[str, object],
                  source: str = "imagine", parent_job_id: int | None = None,
                  received_at: datetime | None = None) -> None:
-    """One INSERT in its own short transaction (no read first: a plain write does not need BEGIN IMMEDIATE)."""
-    async with db.session() as session:
+    """One INSERT in its own short transaction, queued with this process's other writers (no busy polling)."""
+    async with db.session(write=True) as session:
         session.add(InboxEntry(
             interaction_id=interaction_id, application_id=application_id, token=token, guild_id=guild_id,
             channel_id=channel_id, user_id=user_id, role_ids=list(role_ids), options=dict(options),

@@ -372,8 +372,8 @@ async def test_recovered_job_whose_deferred_response_was_never_edited_is_posted_
     assert _seed_in_png(result) == 12
     original = waiting.original
     assert original is not None and original.ephemeral and not original.loading and png_of(original) is None
-    done = await e2e.job_with_status(second, job.id, "done")
-    assert done.message_id == result.id
+    done = await e2e.job_of(second, result)  # the id is recorded just after the post: wait for it
+    assert done.id == job.id and done.status == "done"
 
 
 # --- the interaction token expired before the result: a channel message instead ---------------------------------
