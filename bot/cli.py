@@ -26,9 +26,9 @@ To run it on Discord:
   2. In "Bot", click "Reset Token" and copy the token (keep it secret).
   3. Either put it in config.yaml (discord.token) or set it in the environment:
        export DISCORD_TOKEN=your-token
-  4. In "OAuth2" -> "URL Generator", tick the scopes "bot" and "applications.commands" and the permissions
-     "Send Messages", "Attach Files", "Embed Links", "Add Reactions", "Read Message History" (and
-     "Manage Messages" so a 🔄 reaction can be taken off after a rerun); open the URL to invite the bot.
+  4. In "OAuth2" -> "URL Generator", tick the scopes "bot" and "applications.commands" and exactly the
+     permissions "Send Messages", "Attach Files", "Embed Links", "Add Reactions", "Read Message History";
+     open the URL to invite the bot.
   5. Run `imagine-bot run` again.
 
 Starting the local playground instead: a Discord-like web page on this machine, no Discord account needed.

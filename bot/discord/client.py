@@ -5,7 +5,9 @@ builds nothing itself (the composition root does that), so tests can run the rea
 Discord-compatible server with whatever services they assembled.
 
 ``setup_hook`` order matters: cogs and persistent buttons first (a click can arrive as soon as the gateway is
-up), then command sync, then journal recovery (recovered jobs are delivered through the cogs' delivery). The
+up), then command sync, then journal recovery (recovered jobs are delivered through the cogs' delivery), then
+the inbox replay (commands acknowledged before a crash that never became jobs; they queue behind the others).
+The
 durable timers start once the gateway is ready, because their handlers post messages (and the cogs that post
 them are loaded by then); they stop when the bot closes.
 """
@@ -24,6 +26,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord.delivery import Delivery
+from bot.discord.replay import replay_inbox
 from bot.discord.replies import APOLOGY, answer
 from bot.discord.views import DYNAMIC_ITEMS
 from bot.services import Services
@@ -138,6 +141,10 @@ class _ImagineBotMixin:
         bot.add_dynamic_items(*DYNAMIC_ITEMS)
         await self.sync_commands()
         await self.recover_jobs()
+        try:
+            await replay_inbox(self)
+        except Exception:
+            log.exception("replaying the inbox failed; its entries are tried again at the next start")
         self.spawn(self._start_timers_when_ready(), name="timers-start")
 
     async def _start_timers_when_ready(self) -> None:
@@ -191,6 +198,8 @@ class _ImagineBotMixin:
             task.cancel()
         if self.background:
             await asyncio.gather(*self.background, return_exceptions=True)
+        if delivery is not None:
+            await delivery.close()
         await self.services.timers.stop()  # their handlers post through this bot; the next one starts them again
         await super().close()  # type: ignore[misc]
 

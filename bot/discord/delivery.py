@@ -6,7 +6,13 @@ exactly like a live one):
 * the interaction token is still usable (younger than :data:`TOKEN_USABLE_FOR`, a margin under Discord's
   15 minutes) -> a public followup through the interaction webhook (``Webhook`` built from the stored
   application id and token; no live ``Interaction`` needed);
-* otherwise (a 🔄 reaction, a long queue, a restart) -> a channel message that mentions the member.
+* otherwise (a 🔄 reaction, a long queue, a restart), or when the followup route keeps failing -> a channel
+  message that mentions the member.
+
+Exactly once: a followup POST is not idempotent, so it goes through a session that stops at the first 5xx
+(discord.py would silently send it again) and the channel is read back for the job's message before any retry;
+channel messages carry a nonce with ``enforce_nonce``, so Discord itself drops a repeated one. The message id is
+recorded before anything else is done with the message.
 
 The journal calls :meth:`Delivery.on_job_finished` once the images are saved. Nothing here blocks the loop:
 re-encoding a PNG to fit the upload limit and the safety checker run in threads.
@@ -23,11 +29,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import discord
 
 from bot.clock import as_utc
 from bot.discord import formatting
 from bot.discord.output_safety import apply_policy, policy_for
+from bot.discord.permissions import AdminNotices, bot_permissions_in
 from bot.discord.views import result_view
 from bot.gate.refusals import refusal_message
 from bot.services import Services
@@ -44,7 +52,44 @@ TOKEN_LIFETIME = timedelta(minutes=15)
 TOKEN_USABLE_FOR = timedelta(minutes=14)  # a margin for the upload itself
 RERUN_EMOJI = "🔄"
 MENTIONS = discord.AllowedMentions(everyone=False, roles=False, users=True, replied_user=True)
+FOLLOWUP_ATTEMPTS = 3
+FOLLOWUP_RETRY_SECONDS = (1.0, 3.0)  # pauses between followup attempts (after reading back)
+READ_BACK_LIMIT = 200  # messages after the job was queued that are searched for its result
+NO_ATTACH_FILES = ("Your image is ready, but I am not allowed to attach files in this channel; a server admin can "
+                   "give me the Attach Files permission here.")
 
+
+class OutcomeUnknown(Exception):
+    """A POST that creates a message was answered with a server error: it may or may not have been created."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"server error {status}; the message may or may not have been created")
+        self.status = status
+
+
+async def stop_at_server_error(response: aiohttp.ClientResponse) -> None:
+    """``raise_for_status`` of the followup session: end the request at the first 5xx instead of letting
+    discord.py retry it blindly (a lost answer would otherwise post the result twice)."""
+    if response.status >= 500:
+        response.release()
+        raise OutcomeUnknown(response.status)
+
+
+def nonce_for(job: JobRecord, kind: str) -> str:
+    """A channel message's nonce: the same for every attempt at one job's ``kind`` of post, different across
+    jobs and databases (the queue time's milliseconds), within Discord's 25 characters."""
+    millis = int(as_utc(job.queued_at).timestamp() * 1000)
+    return f"{kind}{job.id}.{millis}"[:25]
+
+
+def is_result_message(message: discord.Message, job: JobRecord, bot_user_id: int | None) -> bool:
+    """Our own post of ``job``: by the bot, mentioning the member, with the job's marker in an embed footer."""
+    if bot_user_id is not None and message.author.id != bot_user_id:
+        return False
+    if f"<@{job.user_id}>" not in message.content:
+        return False
+    marker = formatting.job_marker(job.id)
+    return any(embed.footer is not None and embed.footer.text == marker for embed in message.embeds)
 
 
 def token_issued_at(job: JobRecord) -> datetime | None:
@@ -85,6 +130,17 @@ class Watched:
     finished: bool = False
     edited: bool = False  # the deferred ("thinking") response was edited at least once
     status_message: discord.Message | None = None  # the "queued" note of a reaction rerun
+    original: discord.Webhook | None = None  # a replayed command: its response is edited through the webhook
+
+    @property
+    def can_edit(self) -> bool:
+        return self.interaction is not None or self.original is not None
+
+    async def edit(self, **kwargs: Any) -> None:
+        if self.interaction is not None:
+            await self.interaction.edit_original_response(**kwargs)
+        elif self.original is not None:
+            await self.original.edit_message("@original", **kwargs)  # type: ignore[arg-type]
 
 
 def _check_pngs(checker: Any, pngs: list[bytes]) -> list[bool]:
@@ -105,7 +161,10 @@ class Delivery:
         self.bot = bot
         self.services = services
         self.settings = services.settings
+        self.notices = AdminNotices(bot)
+        self.started_at = discord.utils.utcnow()  # results of jobs finished before this are leftovers
         self._watched: dict[int, Watched] = {}
+        self._post_session: aiohttp.ClientSession | None = None
         # Cogs add buttons under results here (contests: "Submit to contest"); each returns items for a job.
         self.result_item_providers: list[Callable[[JobRecord, Sequence[ImageRecord]],
                                                   Awaitable[list[discord.ui.Item[Any]]]]] = []
@@ -125,9 +184,36 @@ class Delivery:
             watched.task = self.bot.spawn(self._progress(watched, handle), name=f"progress-{job.id}")
         return watched
 
+    def watch_original(self, job: JobRecord, handle: JobHandle) -> Watched:
+        """Like :meth:`watch` for a command replayed after a restart: no live ``Interaction``, its response is
+        edited through the interaction webhook (the journalled application id and token)."""
+        watched = Watched(job.id, None, self.settings.discord.attachment_size_limit, handle,
+                          original=self.interaction_webhook(job.application_id, job.interaction_token))
+        self._watched[job.id] = watched
+        watched.task = self.bot.spawn(self._progress(watched, handle), name=f"progress-{job.id}")
+        return watched
+
+    def interaction_webhook(self, application_id: int | None, token: str | None,
+                            session: aiohttp.ClientSession | None = None) -> discord.Webhook:
+        """What discord.py's ``Interaction.followup`` builds, from a stored application id and token; on
+        ``session`` when given (the followup session), else on the bot's own."""
+        data: Any = {"id": application_id, "type": 3, "token": token}
+        if session is None:
+            return discord.Webhook.from_state(data=data, state=self.bot._connection)
+        return discord.Webhook(data, session=session, token=self.bot.http.token, state=self.bot._connection)
+
+    def _followup_session(self) -> aiohttp.ClientSession:
+        if self._post_session is None or self._post_session.closed:
+            self._post_session = aiohttp.ClientSession(raise_for_status=stop_at_server_error)
+        return self._post_session
+
+    async def close(self) -> None:
+        if self._post_session is not None:
+            await self._post_session.close()
+
     async def edit_status(self, watched: Watched, *, final: bool = False, **kwargs: Any) -> bool:
         """Edit the member's ephemeral response; progress edits stop once the final one was made."""
-        if watched.interaction is None:
+        if not watched.can_edit:
             return False
         async with watched.lock:
             if watched.finished and not final:
@@ -135,7 +221,7 @@ class Delivery:
             if final:
                 watched.finished = True
             try:
-                await watched.interaction.edit_original_response(**kwargs)
+                await watched.edit(**kwargs)
                 watched.edited = True
                 return True
             except discord.HTTPException as exc:
@@ -201,7 +287,7 @@ class Delivery:
     async def on_job_finished(self, job: JobRecord, images: Sequence[ImageRecord], outcome: Any) -> None:
         """Journal listener: post the result (or say why there is none). Never raises into the journal."""
         watched = self._watched.pop(job.id, None)
-        if watched is not None and watched.interaction is None:
+        if watched is not None and not watched.can_edit:
             watched.finished = True
         try:
             if watched is not None and watched.task is not None and not watched.task.done():
@@ -236,27 +322,37 @@ class Delivery:
         message = getattr(error, "message", None) or refusal_message("failure", job_id=job.id)
         if cancelled:
             message = refusal_message("cancelled")
-        if watched is not None and watched.interaction is not None:
+        if watched is not None and watched.can_edit:
             await self.edit_status(watched, final=True, content=message, attachments=[])
             return
         if cancelled:
             return  # /cancel already told the member; a channel message would only be noise
-        await self.send_to_channel(job, f"<@{job.user_id}> {message}", delete_after=None)
+        await self.send_to_channel(job, f"<@{job.user_id}> {message}", nonce=nonce_for(job, "f"))
 
     async def post_result(self, job: JobRecord, images: Sequence[ImageRecord], result: GenerationResult,
                           watched: Watched | None) -> discord.Message | None:
-        """Fit, check and post the images publicly with the embed and buttons; record the message id."""
+        """Fit, check and post the images publicly with the embed and buttons; record the message id first."""
+        if watched is None and job.finished_at is not None and as_utc(job.finished_at) < self.started_at:
+            # A leftover from before a restart: the crash may have come after the post and before its record.
+            posted = await self.find_posted(job)
+            if posted is not None:
+                log.info("result of job %s was already posted as %s; recorded", job.id, posted.id)
+                await self._record_posted(job, posted)
+                return posted
         size_limit = watched.size_limit if watched is not None else self.settings.discord.attachment_size_limit
         generated = sorted(result.images, key=lambda image: image.index)
         pngs = [image.png for image in generated]
         outcomes = await self._apply_safety(job, pngs)
         notes: list[str] = []
+        shown = [(o, image) for o, image in zip(outcomes, generated, strict=True) if o.png is not None]
+        if len(shown) > formatting.ATTACHMENTS_PER_MESSAGE:
+            notes.append(f"only the first {formatting.ATTACHMENTS_PER_MESSAGE} images fit in one message")
+            shown = shown[:formatting.ATTACHMENTS_PER_MESSAGE]
+        budget = formatting.per_file_budget(len(shown), size_limit)  # each file, and all of them in one request
         files: list[discord.File] = []
-        for outcome, image in zip(outcomes, generated, strict=True):
-            if outcome.png is None:
-                continue
+        for outcome, image in shown:
             try:
-                data, note = await asyncio.to_thread(formatting.fit_attachment, outcome.png, size_limit)
+                data, note = await asyncio.to_thread(formatting.fit_attachment, outcome.png, budget)
             except ValueError as exc:
                 notes.append(f"image {image.index + 1} could not be attached ({exc})")
                 continue
@@ -277,35 +373,83 @@ class Delivery:
             lines.append(f"⚠️ {self.services.model.banner}")
         lines += [f"-# {note}" for note in notes]
         content = truncate("\n".join(lines), MESSAGE_CONTENT_LIMIT)
-        extra: dict[str, Any] = {"view": await self._result_view(job, images)} if files else {}
+        view = await self._result_view(job, images) if files else None
 
         message = None
         if token_usable(job):
             if watched is None or not watched.edited:
                 await self._end_thinking(job)
+            extra: dict[str, Any] = {"view": view} if view is not None else {}
             message = await self._send_followup(job, content=content, embed=embed, files=files, **extra)
         if message is None:
-            for file in files:
-                file.reset()
-            message = await self.send_to_channel(job, content, embed=embed, files=files, **extra)
+            message = await self._send_result_to_channel(job, content, embed, files, view)
         if message is None:
             if watched is not None:
                 await self.edit_status(watched, final=True, content="Your image is ready, but I could not post it "
                                        "in this channel (missing permission?).", attachments=[])
             return None
 
-        await repository.set_job_message(self.services.db, job.id, message.id)
-        await repository.set_image_message(self.services.db, job.id, message.id)
+        await self._record_posted(job, message)
         if files:
-            try:
-                await self.bot.http.add_reaction(message.channel.id, message.id, RERUN_EMOJI)
-            except discord.HTTPException:
-                log.debug("could not add the rerun reaction to %s", message.id, exc_info=True)
+            await self._add_rerun_reaction(job, message)
         if watched is not None:
             link = getattr(message, "jump_url", "")
             await self.edit_status(watched, final=True, content=f"Done: {link}" if link else "Done.", attachments=[])
         log.info("result posted", extra={"job": job.id, "message_id": message.id, "images": len(files)})
         return message
+
+    async def _record_posted(self, job: JobRecord, message: discord.Message) -> None:
+        """The message id, before anything else: from now on a retry or a restart finds the job delivered."""
+        await repository.set_job_message(self.services.db, job.id, message.id)
+        await repository.set_image_message(self.services.db, job.id, message.id)
+
+    async def _add_rerun_reaction(self, job: JobRecord, message: discord.Message) -> None:
+        permissions = bot_permissions_in(self.bot, job.channel_id)
+        if permissions is not None and not (permissions.add_reactions and permissions.read_message_history):
+            missing = "add_reactions" if not permissions.add_reactions else "read_message_history"
+            await self.notices.missing(job.guild_id, job.channel_id, missing,
+                                       "results get no 🔄 reaction to rerun them (the Rerun button still works)")
+            return
+        try:
+            await self.bot.http.add_reaction(message.channel.id, message.id, RERUN_EMOJI)
+        except discord.HTTPException:
+            log.debug("could not add the rerun reaction to %s", message.id, exc_info=True)
+
+    async def _send_result_to_channel(self, job: JobRecord, content: str, embed: discord.Embed,
+                                      files: list[discord.File],
+                                      view: discord.ui.View | None) -> discord.Message | None:
+        """The result as a channel message, with what the bot may post there: without Attach Files a clear
+        sentence instead of the images, without Embed Links no embed (the parameters are in the PNG)."""
+        permissions = bot_permissions_in(self.bot, job.channel_id)
+        kwargs: dict[str, Any] = {"embed": embed, "files": files}
+        if view is not None:
+            kwargs["view"] = view
+        if permissions is not None and files and not permissions.attach_files:
+            await self.notices.missing(job.guild_id, job.channel_id, "attach_files",
+                                       "results are announced without their images")
+            content = truncate(f"{content}\n{NO_ATTACH_FILES}", MESSAGE_CONTENT_LIMIT)
+            kwargs.pop("files")
+            kwargs.pop("view", None)
+        if permissions is not None and not permissions.embed_links:
+            await self.notices.missing(job.guild_id, job.channel_id, "embed_links",
+                                       "results are posted without their parameters card")
+            kwargs.pop("embed")
+        for file in kwargs.get("files", ()):
+            file.reset()
+        return await self.send_to_channel(job, content, nonce=nonce_for(job, "r"), **kwargs)
+
+    async def find_posted(self, job: JobRecord) -> discord.Message | None:
+        """The job's result if it is already in its channel (read back: the messages since it was queued)."""
+        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        after = discord.Object(id=discord.utils.time_snowflake(as_utc(job.queued_at) - timedelta(seconds=5)))
+        bot_user_id = self.bot.user.id if self.bot.user is not None else None
+        try:
+            async for message in channel.history(limit=READ_BACK_LIMIT, after=after, oldest_first=True):
+                if is_result_message(message, job, bot_user_id):
+                    return message
+        except discord.HTTPException as exc:
+            log.warning("could not read back channel %s for job %s: %s", job.channel_id, job.id, exc)
+        return None
 
     async def _result_view(self, job: JobRecord, images: Sequence[ImageRecord]) -> discord.ui.View:
         """The result buttons, plus what the cogs' providers add (a failing provider only loses its items)."""
@@ -356,34 +500,58 @@ class Delivery:
         keeping it ephemeral: a result posted before any progress edit (a job recovered after a restart, a
         first edit that failed or lost the race) would be seen by the member only, not posted publicly.
         """
-        webhook = discord.Webhook.from_state(
-            data={"id": job.application_id, "type": 3, "token": job.interaction_token}, state=self.bot._connection)
+        webhook = self.interaction_webhook(job.application_id, job.interaction_token)
         try:
             await webhook.edit_message("@original", content="Your image is ready.")  # type: ignore[arg-type]
         except discord.HTTPException as exc:
             log.info("could not edit the deferred response of job %s: %s", job.id, exc)
 
-    async def _send_followup(self, job: JobRecord, **kwargs: Any) -> discord.Message | None:
-        """A public followup through the stored interaction token; None when Discord no longer takes it."""
-        # Exactly what discord.py's Interaction.followup builds, from the journalled application id and token.
-        webhook = discord.Webhook.from_state(
-            data={"id": job.application_id, "type": 3, "token": job.interaction_token}, state=self.bot._connection)
-        try:
-            return await webhook.send(wait=True, allowed_mentions=MENTIONS, **kwargs)
-        except (discord.NotFound, discord.Forbidden) as exc:
-            log.info("interaction token of job %s refused (%s); posting in the channel instead", job.id, exc.status)
-            return None
-        except discord.HTTPException as exc:
-            if exc.status == 401:
-                return None
-            raise
+    async def _send_followup(self, job: JobRecord, *, files: list[discord.File],
+                             **kwargs: Any) -> discord.Message | None:
+        """A public followup through the stored interaction token, posted at most once.
 
-    async def send_to_channel(self, job: JobRecord, content: str, *, delete_after: float | None = None,
+        None when Discord no longer takes the token, or when the route keeps failing: the caller then posts in
+        the channel. A server error (or a dropped connection) leaves it unknown whether the message was created,
+        so the channel is read back for it before any new attempt.
+        """
+        webhook = self.interaction_webhook(job.application_id, job.interaction_token, self._followup_session())
+        for attempt in range(FOLLOWUP_ATTEMPTS):
+            if attempt:
+                posted = await self.find_posted(job)
+                if posted is not None:
+                    log.info("followup of job %s had been created (message %s); not sent again", job.id, posted.id)
+                    return posted
+                for file in files:
+                    file.reset()
+            try:
+                return await webhook.send(wait=True, allowed_mentions=MENTIONS, files=files, **kwargs)
+            except (discord.NotFound, discord.Forbidden) as exc:
+                log.info("interaction token of job %s refused (%s); posting in the channel instead", job.id,
+                         exc.status)
+                return None
+            except discord.HTTPException as exc:
+                if exc.status == 401:
+                    return None
+                raise
+            except (OutcomeUnknown, aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("followup of job %s, attempt %d: %s", job.id, attempt + 1, exc)
+                if attempt + 1 < FOLLOWUP_ATTEMPTS:
+                    await asyncio.sleep(FOLLOWUP_RETRY_SECONDS[min(attempt, len(FOLLOWUP_RETRY_SECONDS) - 1)])
+        posted = await self.find_posted(job)
+        if posted is None:
+            log.warning("the followup route of job %s keeps failing; posting in the channel instead", job.id)
+        return posted
+
+    async def send_to_channel(self, job: JobRecord, content: str, *, nonce: str | None = None,
                               **kwargs: Any) -> discord.Message | None:
-        """A channel message that mentions the member (no cache needed: a partial messageable is enough)."""
+        """A channel message that mentions the member (no cache needed: a partial messageable is enough).
+
+        ``nonce`` (sent with ``enforce_nonce``) makes a repeated send of the same post, such as discord.py's own
+        retry after a 5xx, return the message Discord already created instead of a second one.
+        """
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         try:
-            return await channel.send(content, allowed_mentions=MENTIONS, delete_after=delete_after, **kwargs)
+            return await channel.send(content, allowed_mentions=MENTIONS, nonce=nonce, **kwargs)
         except (discord.NotFound, discord.Forbidden) as exc:
             log.warning("cannot post in channel %s for job %s: %s", job.channel_id, job.id, exc)
             return None

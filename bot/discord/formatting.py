@@ -32,6 +32,8 @@ EMBED_TOTAL_LIMIT = 6000  # title + description + field names/values + footer + 
 EMBEDS_PER_MESSAGE = 10
 ATTACHMENTS_PER_MESSAGE = 10
 DEFAULT_ATTACHMENT_LIMIT = 10 * 1024 * 1024  # unboosted servers; boosts raise it (config: attachment_size_limit)
+REQUEST_UPLOAD_LIMIT = 25 * 1024 * 1024  # all the files of one message together
+REQUEST_OVERHEAD = 256 * 1024  # kept free in a request for the JSON payload and the multipart framing
 SPOILER_PREFIX = "SPOILER_"  # an attachment whose filename starts with this is blurred until clicked
 PROMPT_TOKEN_LIMIT = 77  # CLIP's context length: words beyond it do not reach the model
 
@@ -81,6 +83,16 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def job_marker(job_id: int | str) -> str:
+    """The result embed's footer: how a posted result is found again by reading the channel back."""
+    return f"Job {job_id}"
+
+
+def per_file_budget(file_count: int, file_limit: int) -> int:
+    """The bytes each of ``file_count`` files may have: each within ``file_limit``, all within one request."""
+    return min(file_limit, (REQUEST_UPLOAD_LIMIT - REQUEST_OVERHEAD) // max(1, file_count))
+
+
 def result_embed(
     job_id: str,
     params: ImageParams,
@@ -118,7 +130,7 @@ def result_embed(
     fields.append(("Time", format_duration(elapsed_seconds)))
     for name, value in fields:
         embed.add_field(name=name, value=value, inline=True)
-    embed.set_footer(text=truncate(f"Job {job_id}", EMBED_FOOTER_LIMIT))
+    embed.set_footer(text=truncate(job_marker(job_id), EMBED_FOOTER_LIMIT))
 
     used = len(embed)  # discord.py sums exactly what Discord counts towards the 6000 limit
     budget = min(EMBED_DESCRIPTION_LIMIT, EMBED_TOTAL_LIMIT - used)

@@ -79,9 +79,14 @@ class RerunButton(_JobButton, template=rf"{PREFIX}:rerun:(?P<job_id>[0-9]{{1,19}
         super().__init__(job_id, discord.ui.Button(
             label="Rerun", emoji="🔄", style=discord.ButtonStyle.primary, custom_id=custom_id("rerun", job_id)))
 
-    async def run(self, interaction: discord.Interaction, job: JobRecord) -> None:
-        cog = interaction.client.get_cog("Imagine")  # type: ignore[attr-defined]
-        await cog.rerun_from_button(interaction, job)
+    async def callback(self, interaction: discord.Interaction) -> None:
+        # Not deferred here: the Imagine cog records the click in its inbox before acknowledging it.
+        try:
+            cog = interaction.client.get_cog("Imagine")  # type: ignore[attr-defined]
+            await cog.rerun_from_button(interaction, self.job_id)
+        except Exception:
+            log.exception("button %s for job %s failed", self.action, self.job_id)
+            await answer(interaction, APOLOGY)
 
 
 class DeleteButton(_JobButton, template=rf"{PREFIX}:delete:(?P<job_id>[0-9]{{1,19}})"):

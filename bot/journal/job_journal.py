@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import errno
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -23,7 +25,14 @@ from bot.storage.db import Database
 from bot.storage.images import read_image, save_image
 from bot.storage.records import ImageRecord, JobRecord
 from generation.request import GenerationRequest
-from generation.worker import GeneratedImage, GenerationError, GenerationResult, JobCancelledError, QueueFullError
+from generation.worker import (
+    GeneratedImage,
+    GenerationError,
+    GenerationFailedError,
+    GenerationResult,
+    JobCancelledError,
+    QueueFullError,
+)
 
 if TYPE_CHECKING:
     from generation.worker import GenerationWorker, JobHandle
@@ -35,8 +44,29 @@ Listener = Callable[[JobRecord, list[ImageRecord], Outcome], Awaitable[None]]
 
 STATUS_POLL_SECONDS = 0.2
 SAVE_FAILED_MESSAGE = "The images were made but could not be saved; the error was logged for the bot's admin."
+DISK_FULL_MESSAGE = ("The images were made but the bot's disk is full, so they could not be saved; "
+                     "please tell the bot's admin.")
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+# When even recording a failure fails (the database is on the full disk too), the member is told at once and
+# the write is retried after these pauses (then every last one) until it succeeds or the journal closes.
+FAILURE_WRITE_RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 RECOVERY_QUEUE_FULL = "The bot restarted with more unfinished jobs than its queue holds; please ask again."
 REDELIVER_WITHIN = timedelta(days=1)  # results saved but never posted are posted at the next start if this recent
+
+
+def save_failure_message(exc: BaseException) -> str:
+    """One sentence for the member: a full disk (files or SQLite) is named as such, anything else is generic."""
+    chain: list[BaseException] = [exc]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)  # type: ignore[arg-type]
+        if len(chain) > 5:
+            break
+    for error in chain:
+        if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+            return DISK_FULL_MESSAGE
+        if "database or disk is full" in str(error):
+            return DISK_FULL_MESSAGE
+    return SAVE_FAILED_MESSAGE
 
 
 def request_of(job: JobRecord) -> GenerationRequest:
@@ -56,6 +86,7 @@ class JobJournal:
         self._handles: dict[int, JobHandle] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._cancel_requested: set[int] = set()
+        self._failure_writes: set[asyncio.Task[None]] = set()
         self._closing = False
 
     # --- subscribing -------------------------------------------------------------------------------------------
@@ -199,8 +230,16 @@ class JobJournal:
             await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
 
     async def close(self) -> None:
-        """Call before ``worker.close()``: jobs the worker drops while closing stay queued for recovery."""
+        """Call before ``worker.close()``: jobs the worker drops while closing stay queued for recovery.
+
+        Failure writes still being retried are abandoned: their jobs stay ``running`` and are run again at the
+        next start (their members were already told).
+        """
         self._closing = True
+        for task in list(self._failure_writes):
+            task.cancel()
+        if self._failure_writes:
+            await asyncio.gather(*self._failure_writes, return_exceptions=True)
 
     # --- following one job -------------------------------------------------------------------------------------
 
@@ -246,17 +285,43 @@ class JobJournal:
                 record = await repository.mark_done(self.db, job.id, prompt_truncated=outcome.prompt_truncated)
             except Exception as exc:
                 log.exception("saving the images of job %s failed", job.id)
-                outcome = exc
-                record = await repository.mark_failed(self.db, job.id, SAVE_FAILED_MESSAGE)
+                images = []
+                outcome = GenerationFailedError(save_failure_message(exc))
+                record = await self._record_failure(job, outcome.message)
         elif isinstance(outcome, JobCancelledError):
             if self._closing and job.id not in self._cancel_requested:
                 return  # stopped by a shutdown, not by the member: stays queued, recovered at the next start
             record = await repository.mark_cancelled(self.db, job.id)
         else:
             message = outcome.message if isinstance(outcome, GenerationError) else str(outcome) or "failed"
-            record = await repository.mark_failed(self.db, job.id, message)
+            record = await self._record_failure(job, message)
         await self._notify(record, images, outcome)
         await repository.clear_interaction_token(self.db, job.id)  # delivered (or given up on): no longer needed
+
+    async def _record_failure(self, job: JobRecord, message: str) -> JobRecord:
+        """Mark the job failed; if the database refuses (a full disk), the member is still told (the record
+        handed to the listeners says ``failed``) and the write is retried in the background."""
+        try:
+            return await repository.mark_failed(self.db, job.id, message)
+        except Exception:
+            log.exception("recording the failure of job %s failed; retrying in the background", job.id)
+        task = asyncio.create_task(self._retry_failure_write(job.id, message), name=f"journal-failed-{job.id}")
+        self._failure_writes.add(task)
+        task.add_done_callback(self._failure_writes.discard)
+        return dataclasses.replace(job, status="failed", error=message, finished_at=utcnow())
+
+    async def _retry_failure_write(self, job_id: int, message: str) -> None:
+        attempt = 0
+        while not self._closing:
+            await asyncio.sleep(FAILURE_WRITE_RETRY_SECONDS[min(attempt, len(FAILURE_WRITE_RETRY_SECONDS) - 1)])
+            attempt += 1
+            try:
+                await repository.mark_failed(self.db, job_id, message)
+            except Exception as exc:
+                log.warning("job %s: the failure still cannot be recorded (attempt %d): %s", job_id, attempt, exc)
+                continue
+            log.info("job %s: failure recorded after %d retries", job_id, attempt)
+            return
 
     async def _store(self, job: JobRecord, result: GenerationResult) -> list[ImageRecord]:
         """Each image: the file (fsynced) first, then its row, so no row ever names a missing file."""

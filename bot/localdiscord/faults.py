@@ -23,6 +23,7 @@ class FaultRule:
     retry_after: float
     is_global: bool = False
     hits: int = 0
+    after: bool = False  # handle the request first, then answer ``status`` (it took effect; the answer was lost)
 
     @property
     def remaining(self) -> int:
@@ -56,11 +57,13 @@ class Faults:
         self.rules: list[FaultRule] = []
 
     def fail_route(self, method: str, path_pattern: str | re.Pattern[str], status: int = 429, *, times: int = 1,
-                   retry_after: float = 0.2, is_global: bool = False) -> FaultRule:
+                   retry_after: float = 0.2, is_global: bool = False, after: bool = False) -> FaultRule:
         """Answer the next ``times`` matching requests with ``status`` (429 with Discord's rate-limit body
         and headers, or e.g. 500/502). ``path_pattern`` is e.g. ``"/webhooks/*/*"`` (see
-        :func:`compile_path_pattern`). The returned rule's ``hits`` counts injected failures."""
-        rule = FaultRule(method.upper(), compile_path_pattern(path_pattern), status, times, retry_after, is_global)
+        :func:`compile_path_pattern`). The returned rule's ``hits`` counts injected failures. ``after``: the
+        request is handled first (a message is created) and only its answer is replaced by the failure."""
+        rule = FaultRule(method.upper(), compile_path_pattern(path_pattern), status, times, retry_after, is_global,
+                         after=after)
         self.rules.append(rule)
         return rule
 

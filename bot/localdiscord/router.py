@@ -101,12 +101,14 @@ class Router:
             if needs_auth and auth != f"Bot {self.settings.token}":
                 raise DiscordError(401, 0, "401: Unauthorized")
             fault = self.faults.take(method, sub)
-            if fault is not None:
+            if fault is not None and not fault.after:
                 call.status = fault.status
                 return self.faults.response(fault)
             body, files = await parse_body(request)
             call.json, call.files = body, [f[1] for f in files]
             response = await route.handler(Call(request, params, body, files))
+            if fault is not None:  # it took effect; only the answer is lost
+                response = self.faults.response(fault)
         except DiscordError as exc:
             response = error_response(exc.status, exc.code, exc.message, exc.errors)
             if 400 <= exc.status < 500:

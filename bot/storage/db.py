@@ -81,6 +81,9 @@ class Database:
         self.is_sqlite = engine.dialect.name == "sqlite"
         self.closed = False
         self._sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+        # SQLite has one writer at a time, and its busy handler polls with growing sleeps: under a burst a
+        # writer can lose the race for a second or more. Writers of this process queue here instead (FIFO).
+        self._write_turn = asyncio.Lock() if self.is_sqlite else None
 
     @classmethod
     def connect(cls, url: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS, echo: bool = False) -> Database:
@@ -101,9 +104,14 @@ class Database:
         """A session inside one transaction: committed on success, rolled back on error.
 
         ``write=True`` takes SQLite's write lock at BEGIN, which a transaction that reads and then writes
-        needs so that another writer cannot invalidate its snapshot (SQLITE_BUSY without waiting).
+        needs so that another writer cannot invalidate its snapshot (SQLITE_BUSY without waiting); this
+        process's write sessions take turns first, in arrival order. Never open a write session inside another.
         """
-        async with self._sessions() as session, session.begin():
+        async with contextlib.AsyncExitStack() as stack:
+            if write and self._write_turn is not None:
+                await stack.enter_async_context(self._write_turn)
+            session = await stack.enter_async_context(self._sessions())
+            await stack.enter_async_context(session.begin())
             if write and self.is_sqlite:
                 # Procured before any statement, so the BEGIN of this transaction sees the option.
                 await session.connection(execution_options={_IMMEDIATE: True})

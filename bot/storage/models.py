@@ -210,3 +210,25 @@ class GuildCounter(Base):
     guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     images: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     moderation_events: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class InboxEntry(Base):
+    """An acknowledged command not yet turned into a job: written BEFORE the deferral, so a process killed
+    between "thinking…" and the journal still has it; replayed through the gate at the next start while its
+    token is valid. Deleted in the same transaction that journals its job (or once a refusal was answered)."""
+
+    __tablename__ = "inbox"
+    __table_args__ = (UniqueConstraint("interaction_id", name="uq_inbox_interaction_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    interaction_id: Mapped[int] = mapped_column(BigInteger)
+    application_id: Mapped[int] = mapped_column(BigInteger)
+    token: Mapped[str] = mapped_column(Text)
+    guild_id: Mapped[int | None] = mapped_column(BigInteger)
+    channel_id: Mapped[int] = mapped_column(BigInteger)
+    user_id: Mapped[int] = mapped_column(BigInteger)
+    role_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    options: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
+    source: Mapped[str] = mapped_column(String(32), default="imagine", server_default="imagine")
+    parent_job_id: Mapped[int | None] = mapped_column(Integer)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

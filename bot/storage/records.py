@@ -101,3 +101,21 @@ class ModerationEventRecord:
     rule: str | None
     source: str
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class InboxRecord:
+    """An acknowledged command that has no job yet (see ``bot/storage/inbox.py``)."""
+
+    id: int
+    interaction_id: int
+    application_id: int
+    token: str
+    guild_id: int | None
+    channel_id: int
+    user_id: int
+    role_ids: tuple[int, ...]
+    options: dict[str, object]
+    source: str
+    parent_job_id: int | None
+    received_at: datetime

@@ -36,6 +36,7 @@ from bot.storage.models import (
     GuildSettings,
     GuildStatusCount,
     Image,
+    InboxEntry,
     Job,
     Member,
     ModerationEvent,
@@ -195,7 +196,11 @@ async def create_job(
     parent_job_id: int | None = None,
     ledger_entry_id: int | None = None,
 ) -> JobRecord:
-    """Journal a new job (status ``queued``), count it for the member, and link its rate-limit entry."""
+    """Journal a new job (status ``queued``), count it for the member, and link its rate-limit entry.
+
+    The interaction's inbox entry (if any) is deleted in the same transaction: after the commit the command
+    exists exactly once, as this job, so a replay at the next start cannot run it a second time.
+    """
     now = utcnow()
     async with db.session(write=True) as session:
         job = Job(
@@ -208,6 +213,8 @@ async def create_job(
         if ledger_entry_id is not None:
             await session.execute(update(RateLimitEntry).where(RateLimitEntry.id == ledger_entry_id)
                                   .values(job_id=job.id))
+        if interaction_id is not None:
+            await session.execute(delete(InboxEntry).where(InboxEntry.interaction_id == interaction_id))
         await _touch_member(session, user_id, 1, params.count, now)
         await _count_statuses(session, guild_id, {"queued": 1})
         await _count_member(session, guild_id, user_id, jobs=1)

@@ -3,6 +3,7 @@
 * :func:`e2e_config` -- the config of an e2e bot: tiny model on CPU, small images, a temp SQLite file and
   images dir, the local server's URLs (the only way the bot reaches it: nothing is monkeypatched).
 * :class:`BotFactory` -- starts REAL bots in-process (``build_services`` + ``start_bot``) and closes them.
+* :class:`BotProcess` -- ``python -m bot.cli run`` as a child process (for SIGKILL tests).
 * :class:`E2E` -- what a test does as a member and waits for (``imagine``, ``job_of``, ``eventually``).
 * :data:`TIMINGS` -- ack latency of every interaction and time to image of every ``E2E.imagine``, gathered
   across the session and written to ``$IMAGINE_ARTIFACTS_DIR/e2e_timings.json`` (else the temp dir).
@@ -10,9 +11,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,6 +32,7 @@ from bot.storage import repository
 from bot.storage.records import JobRecord
 from tests.helpers import eventually, local_bot_config
 
+REPO = Path(__file__).resolve().parents[2]
 E2E_TOKEN = "e2e-bot-token-0123456789abcdef"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TIMINGS_FILE = "e2e_timings.json"
@@ -50,8 +56,9 @@ class Timings:
             return {"count": 0}
         ordered = sorted(values)
         p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+        p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
         return {"count": len(values), "p50": round(statistics.median(values), 4), "p95": round(p95, 4),
-                "max": round(max(values), 4), "mean": round(statistics.fmean(values), 4)}
+                "p99": round(p99, 4), "max": round(max(values), 4), "mean": round(statistics.fmean(values), 4)}
 
     def report(self) -> dict[str, Any]:
         by_kind: dict[str, list[float]] = {}
@@ -140,6 +147,76 @@ class BotFactory:
     async def close_all(self) -> None:
         while self.running:
             await self.stop(self.running[-1])
+
+
+# --- a real bot process -------------------------------------------------------------------------------------
+
+
+class BotProcess:
+    """``python -m bot.cli run --config cfg.yaml`` as a child process, its log in a file."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config = config
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "DISCORD_TOKEN"}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env["PYTHONUNBUFFERED"] = "1"
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(  # noqa: ASYNC220 - starting it is instant; it is awaited by polling
+                [sys.executable, "-m", "bot.cli", "run", "--config", str(self.config)], cwd=REPO, env=env,
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    async def wait_started(self, count: int, timeout: float = 120.0) -> None:  # noqa: ASYNC109
+        """Until the log shows ``count`` "bot started" lines (start_bot returned: ready, commands synced)."""
+        def started() -> bool:
+            if not self.alive():
+                raise AssertionError(f"the bot process exited ({self.process and self.process.returncode}):\n"
+                                     f"{self.tail()}")
+            return self.log.read_text(encoding="utf-8", errors="replace").count("bot started") >= count
+        try:
+            await eventually(started, "the bot process to start", timeout=timeout, interval=0.2)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- bot log ---\n{self.tail()}") from None
+
+    async def _exited(self, timeout: float) -> int | None:  # noqa: ASYNC109
+        """The exit status once the process ends, polled without blocking this event loop: the local server runs
+        on it, and a bot shutting down still talks to it (blocking here would deadlock the shutdown)."""
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while self.process.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110 - a child process
+            await asyncio.sleep(0.05)
+        return self.process.poll()
+
+    async def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        assert await self._exited(10) is not None, "SIGKILL did not end the bot"
+
+    async def stop(self, timeout: float = 60.0) -> int | None:  # noqa: ASYNC109
+        """SIGTERM (an orderly stop), then SIGKILL if it hangs; the exit status (None if it had to be killed)."""
+        if self.process is None:
+            return None
+        if self.process.poll() is not None:
+            return self.process.returncode
+        self.process.send_signal(signal.SIGTERM)
+        status = await self._exited(timeout)
+        if status is None:
+            self.process.kill()
+            await self._exited(10)
+        return status
 
 
 # --- member-side helpers ------------------------------------------------------------------------------------

@@ -15,11 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +23,17 @@ from typing import Any
 
 import pytest
 import yaml
-from e2e_support import ACK_DEADLINE, E2E, BotFactory, e2e_config, eventually, imagine_label, is_result_for, png_of
+from e2e_support import (
+    ACK_DEADLINE,
+    E2E,
+    BotFactory,
+    BotProcess,
+    e2e_config,
+    eventually,
+    imagine_label,
+    is_result_for,
+    png_of,
+)
 
 from bot.bootstrap import RunningBot
 from bot.localdiscord import LocalDiscordServer, Message
@@ -36,7 +42,6 @@ from generation.png import parse_parameters, read_parameters
 
 pytestmark = [pytest.mark.e2e]
 
-REPO = Path(__file__).resolve().parents[2]
 LONG = {"steps": 24, "width": 256, "height": 256}  # a job that keeps the worker busy for a while (~1-7 s on CPU)
 
 
@@ -140,73 +145,6 @@ def _jobs(db_path: Path) -> list[dict[str, Any]]:
 def _image_paths(db_path: Path, job_id: int) -> list[str]:
     with contextlib.closing(sqlite3.connect(db_path, timeout=5)) as conn:
         return [row[0] for row in conn.execute("SELECT path FROM images WHERE job_id = ?", (job_id,))]
-
-
-class BotProcess:
-    """``python -m bot.cli run --config cfg.yaml`` as a child process, its log in a file."""
-
-    def __init__(self, config: Path, log: Path) -> None:
-        self.config = config
-        self.log = log
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "DISCORD_TOKEN"}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        env.setdefault("HF_HUB_OFFLINE", "1")
-        env["PYTHONUNBUFFERED"] = "1"
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(  # noqa: ASYNC220 - starting it is instant; it is awaited by polling
-                [sys.executable, "-m", "bot.cli", "run", "--config", str(self.config)], cwd=REPO, env=env,
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    async def wait_started(self, count: int, timeout: float = 120.0) -> None:  # noqa: ASYNC109
-        """Until the log shows ``count`` "bot started" lines (start_bot returned: ready, commands synced)."""
-        def started() -> bool:
-            if not self.alive():
-                raise AssertionError(f"the bot process exited ({self.process and self.process.returncode}):\n"
-                                     f"{self.tail()}")
-            return self.log.read_text(encoding="utf-8", errors="replace").count("bot started") >= count
-        try:
-            await eventually(started, "the bot process to start", timeout=timeout, interval=0.2)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n--- bot log ---\n{self.tail()}") from None
-
-    async def _exited(self, timeout: float) -> int | None:  # noqa: ASYNC109
-        """The exit status once the process ends, polled without blocking this event loop: the local server runs
-        on it, and a bot shutting down still talks to it (blocking here would deadlock the shutdown)."""
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while self.process.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110 - a child process
-            await asyncio.sleep(0.05)
-        return self.process.poll()
-
-    async def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        assert await self._exited(10) is not None, "SIGKILL did not end the bot"
-
-    async def stop(self, timeout: float = 60.0) -> int | None:  # noqa: ASYNC109
-        """SIGTERM (an orderly stop), then SIGKILL if it hangs; the exit status (None if it had to be killed)."""
-        if self.process is None:
-            return None
-        if self.process.poll() is not None:
-            return self.process.returncode
-        self.process.send_signal(signal.SIGTERM)
-        status = await self._exited(timeout)
-        if status is None:
-            self.process.kill()
-            await self._exited(10)
-        return status
 
 
 @pytest.mark.slow
@@ -436,13 +374,8 @@ async def test_recovered_job_whose_deferred_response_was_never_edited_is_posted_
     assert _seed_in_png(result) == 12
     original = waiting.original
     assert original is not None and original.ephemeral and not original.loading and png_of(original) is None
-    # "done" is recorded before the posted message's id: wait for the id itself, not for the status.
-    async def posted() -> bool:
-        stored = await repository.get_job(second.services.db, job.id)
-        return stored is not None and stored.message_id == result.id
-
-    await eventually(posted, "the result's message id recorded on the job")
-    assert (await repository.get_job(second.services.db, job.id)).status == "done"
+    done = await e2e.job_of(second, result)  # the id is recorded just after the post: wait for it
+    assert done.id == job.id and done.status == "done"
 
 
 # --- the interaction token expired before the result: a channel message instead ---------------------------------

@@ -15,6 +15,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.discord.permissions import permissions_line
 from bot.gate.content_filter import term_key
 from bot.gate.rate_limits import Limits, loosening, tighten
 from bot.storage import repository
@@ -129,7 +130,8 @@ class Admin(commands.Cog):
         await interaction.response.defer(ephemeral=True, thinking=True)
         record = await repository.get_guild_settings(self.services.db, interaction.guild_id)
         host = self.services.rate_limiter.host_limits(interaction.guild_id)
-        await self._reply(interaction, settings_summary(record, self.services.settings, host))
+        summary = settings_summary(record, self.services.settings, host)
+        await self._reply(interaction, f"{summary}\n{permissions_line(interaction.app_permissions)}")
 
     @settings_group.command(name="nsfw", description="What to do with images the safety checker flags")
     @app_commands.check(admin_check)

@@ -13,6 +13,7 @@ the service asks it to post "voting is open" or the results (picture and full ra
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import logging
@@ -26,6 +27,8 @@ from discord.ext import commands
 
 from bot.contests.rules import RuleError, format_duration
 from bot.contests.service import ContestService, Outcome
+from bot.discord import formatting
+from bot.discord.permissions import bot_permissions_in
 from bot.discord.replies import APOLOGY, answer
 from bot.storage.contest_records import ContestRecord, EntryRecord
 from bot.text import discord_timestamp, truncate
@@ -277,6 +280,12 @@ class ContestCog(commands.GroupCog, name="Contests", group_name="contest",
         png = await self.service.entry_image(entry)
         if png is None:
             return None
+        limit = self.bot.services.settings.discord.attachment_size_limit
+        try:  # the stored original may be over the upload limit: shrink it like a result
+            png, _ = await asyncio.to_thread(formatting.fit_attachment, png, limit)
+        except ValueError:
+            log.warning("entry %s's image cannot be made to fit %d bytes", entry.id, limit)
+            return None
         filename = f"contest-{contest.id}-entry-{entry.id}.png"
         embed = discord.Embed(title=f"Entry #{entry.id}", description=truncate(entry.prompt, 1000),
                               colour=discord.Colour.gold())
@@ -333,11 +342,18 @@ class ContestCog(commands.GroupCog, name="Contests", group_name="contest",
     async def _refuse_reaction(self, payload: discord.RawReactionActionEvent, reason: str) -> None:
         """Take the refused ⭐ off again (so it does not look counted) and say why, briefly."""
         key = (payload.message_id, payload.user_id)
-        self._ignore_removal.add(key)
-        try:
-            await self.bot.http.remove_reaction(payload.channel_id, payload.message_id, VOTE_EMOJI, payload.user_id)
-        except discord.HTTPException:
-            self._ignore_removal.discard(key)
+        permissions = bot_permissions_in(self.bot, payload.channel_id)
+        if permissions is not None and not permissions.manage_messages:
+            await self.bot.delivery.notices.missing(
+                payload.guild_id, payload.channel_id, "manage_messages",
+                "members' 🔄 and ⭐ reactions stay on the messages after I acted on them")
+        else:
+            self._ignore_removal.add(key)
+            try:
+                await self.bot.http.remove_reaction(payload.channel_id, payload.message_id, VOTE_EMOJI,
+                                                    payload.user_id)
+            except discord.HTTPException:
+                self._ignore_removal.discard(key)
         channel = self.bot.get_partial_messageable(payload.channel_id, guild_id=payload.guild_id)
         with contextlib.suppress(discord.HTTPException):
             await channel.send(f"<@{payload.user_id}> {reason}", delete_after=NOTICE_DELETE_AFTER,

@@ -1,4 +1,9 @@
-"""/imagine and the 🔄 Rerun button: acknowledge at once, run the gate, then hand the job to delivery.
+"""/imagine and the 🔄 Rerun button: record, acknowledge at once, run the gate, then hand the job to delivery.
+
+Acknowledged means durable: the command is written to the inbox (one INSERT) before the interaction is
+deferred, so a process killed after "thinking…" and before the journal still has it; the next start replays it
+(``bot/discord/replay.py``). The journal deletes the entry with the job's INSERT; a refusal deletes it once
+answered.
 
 The command class is built by :func:`make_imagine_cog` from the config so the Discord-side bounds
 (``app_commands.Range``: steps, size, ...) are the configured ones: Discord refuses out-of-range values before
@@ -6,6 +11,7 @@ they reach us, and :func:`generation.request.validate_request` still checks ever
 (No ``from __future__ import annotations`` here: the Range bounds must be evaluated inside the factory.)
 """
 
+import asyncio
 import logging
 from typing import Any
 
@@ -13,13 +19,17 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord.replies import answer
+from bot.discord.replay import rerun_refusal
 from bot.gate.submission import Accepted, Options, Origin, Refusal, submit
-from bot.storage.records import JobRecord
+from bot.storage import inbox, repository
 from generation.request import MAX_COUNT, MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SEED, MIN_GUIDANCE
 from generation.settings import GenerationSettings
 
 log = logging.getLogger(__name__)
+
+# How long the inbox write may take before the deferral goes out anyway (Discord allows 3 s for the ack); the
+# work still waits for the write, so only a crash inside this rare slow window could lose the command.
+INBOX_WRITE_BUDGET = 1.5
 
 
 def scheduler_choices() -> list[app_commands.Choice[str]]:
@@ -53,17 +63,58 @@ class ImagineBase(commands.Cog, name="Imagine"):
         self.bot = bot
         self.services = bot.services
 
+    async def acknowledge(self, interaction: discord.Interaction, options: dict[str, Any], *,
+                          parent_job_id: int | None = None, source: str = "imagine") -> bool:
+        """Write the command to the inbox, then defer ("thinking…"); False when Discord no longer takes the
+        interaction (then nothing was acknowledged and the entry is deleted again).
+
+        ``options`` are the command's (``Options`` as a dict); a Rerun click stores none, only the clicked job.
+        """
+        origin = origin_of(interaction, parent_job_id=parent_job_id, source=source)
+        write = asyncio.ensure_future(inbox.record(
+            self.services.db, interaction_id=interaction.id, application_id=interaction.application_id,
+            token=interaction.token, guild_id=origin.guild_id, channel_id=origin.channel_id,
+            user_id=origin.user_id, role_ids=origin.role_ids, options=options, source=source,
+            parent_job_id=parent_job_id))
+        done, _ = await asyncio.wait({write}, timeout=INBOX_WRITE_BUDGET)
+        if write in done:
+            write.result()  # a failed write: no ack, the error handler answers with an apology
+        else:
+            log.warning("the inbox write of interaction %s is slow; acknowledging before it is durable",
+                        interaction.id)
+        try:
+            await interaction.response.defer(ephemeral=True, thinking=True)
+        except discord.NotFound:  # 10062 Unknown interaction: too late, the member saw it fail
+            log.warning("interaction %s expired before it was acknowledged", interaction.id)
+            await write
+            await inbox.forget(self.services.db, interaction.id)
+            return False
+        await write
+        return True
+
     async def start(self, interaction: discord.Interaction, options: Options, *,
                     parent_job_id: int | None = None, source: str = "imagine") -> Accepted | Refusal:
         """Gate and queue; the deferred ephemeral response shows a refusal, or position then progress."""
-        outcome = await submit(self.services.gate, options, origin_of(interaction, parent_job_id=parent_job_id,
-                                                                  source=source))
+        try:
+            outcome = await submit(self.services.gate, options, origin_of(interaction, parent_job_id=parent_job_id,
+                                                                      source=source))
+        except Exception:
+            await self._forget(interaction.id)  # the error handler answers the member: nothing to replay
+            raise
         if isinstance(outcome, Refusal):
             await self._edit(interaction, outcome.message)
+            await self._forget(interaction.id)
             return outcome
         # Registered before any await so a very fast result cannot overtake it.
         self.bot.delivery.watch(outcome.job, outcome.handle, interaction)
         return outcome
+
+    async def _forget(self, interaction_id: int) -> None:
+        try:
+            await inbox.forget(self.services.db, interaction_id)
+        except Exception:
+            log.exception("could not delete the inbox entry of interaction %s; it is replayed at the next start",
+                          interaction_id)
 
     async def _edit(self, interaction: discord.Interaction, content: str) -> None:
         try:
@@ -71,13 +122,21 @@ class ImagineBase(commands.Cog, name="Imagine"):
         except discord.HTTPException:
             log.info("could not edit the deferred response of interaction %s", interaction.id, exc_info=True)
 
-    async def rerun_from_button(self, interaction: discord.Interaction, job: JobRecord) -> None:
-        """🔄 Rerun: same prompt and parameters, new random seed, as a child job of the clicked one."""
-        if interaction.guild_id is not None and job.guild_id not in (None, interaction.guild_id):
-            await answer(interaction, "That job belongs to another server.")
+    async def rerun_from_button(self, interaction: discord.Interaction, job_id: int) -> None:
+        """🔄 Rerun: same prompt and parameters, new random seed, as a child job of the clicked one. The click
+        is recorded (the clicked job's id) before the ack, like /imagine."""
+        if not await self.acknowledge(interaction, {}, parent_job_id=job_id, source="rerun_button"):
             return
-        if not interaction.response.is_done():
-            await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            job = await repository.get_job(self.services.db, job_id)
+        except Exception:
+            await self._forget(interaction.id)
+            raise
+        refusal = rerun_refusal(job, interaction.guild_id)
+        if refusal is not None or job is None:
+            await self._edit(interaction, refusal or "I no longer know that job.")
+            await self._forget(interaction.id)
+            return
         await self.start(interaction, Options.rerun_of(job), parent_job_id=job.id, source="rerun_button")
 
 
@@ -114,14 +173,14 @@ def make_imagine_cog(settings: GenerationSettings) -> type[ImagineBase]:
             count: app_commands.Range[int, 1, MAX_COUNT] = 1,
             scheduler: app_commands.Choice[str] | None = None,
         ) -> None:
-            # First, always: Discord wants an answer within 3 s whatever the queue or the database does.
-            await interaction.response.defer(ephemeral=True, thinking=True)
-            self.services.metrics.acknowledged(interaction.created_at)
             options = Options.of(
                 prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps, guidance=guidance,
                 width=width, height=height, count=count, scheduler=scheduler.value if scheduler else None,
             )
-            await self.start(interaction, options)
+            # First, always: recorded, then acknowledged within Discord's 3 s whatever the queue does.
+            if await self.acknowledge(interaction, dict(options.values)):
+                self.services.metrics.acknowledged(interaction.created_at)
+                await self.start(interaction, options)
 
     return Imagine
 

@@ -78,6 +78,20 @@ def result_deleted(job: JobRecord, images: list[ImageRecord]) -> bool:
     return job.message_id is None and any(image.message_id is not None for image in images)
 
 
+def queue_text(lines: list[str]) -> str:
+    """The /queue answer: whole lines only, within Discord's 2,000 characters (a member may queue many jobs)."""
+    text = "\n".join(lines)
+    if len(text) <= MESSAGE_CONTENT_LIMIT:
+        return text
+    kept: list[str] = []
+    for index, line in enumerate(lines):
+        more = f"… and {len(lines) - index} more"
+        if len("\n".join([*kept, line, more])) > MESSAGE_CONTENT_LIMIT:
+            return truncate("\n".join([*kept, more]), MESSAGE_CONTENT_LIMIT)
+        kept.append(line)
+    return truncate(text, MESSAGE_CONTENT_LIMIT)
+
+
 def pick_job_to_cancel(jobs: list[JobRecord]) -> JobRecord | None:
     """The member's newest unfinished job (``jobs`` come newest first)."""
     return next((job for job in jobs if job.status in UNFINISHED), None)
@@ -203,7 +217,7 @@ class Jobs(commands.Cog):
             lines.append(f"• job `{worker_job_id}`: {formatting.queued_message(position, estimate)}")
         if not mine:
             lines.append("You have no jobs waiting or running.")
-        await interaction.response.send_message("\n".join(lines), ephemeral=True)
+        await interaction.response.send_message(queue_text(lines), ephemeral=True)
 
 
 async def setup(bot: Any) -> None:

@@ -20,6 +20,7 @@ from discord.ext import commands
 
 from bot.discord import formatting
 from bot.discord.delivery import MENTIONS, RERUN_EMOJI
+from bot.discord.permissions import bot_permissions_in
 from bot.gate.submission import Options, Origin, Refusal, submit
 from bot.storage import repository
 
@@ -48,14 +49,24 @@ class Reactions(commands.Cog):
         except Exception:
             log.exception("rerun by reaction failed", extra={"message_id": payload.message_id, "user": payload.user_id})
 
+    async def take_reaction_off(self, payload: discord.RawReactionActionEvent) -> None:
+        """Let the member react again later: take their 🔄 off. That needs Manage Messages, which the invite
+        does not ask for: without it the reaction stays and the admins are told once."""
+        permissions = bot_permissions_in(self.bot, payload.channel_id)
+        if permissions is not None and not permissions.manage_messages:
+            await self.bot.delivery.notices.missing(
+                payload.guild_id, payload.channel_id, "manage_messages",
+                "members' 🔄 and ⭐ reactions stay on the messages after I acted on them")
+            return
+        with contextlib.suppress(discord.HTTPException):
+            await self.bot.http.remove_reaction(payload.channel_id, payload.message_id, RERUN_EMOJI, payload.user_id)
+
     async def rerun(self, payload: discord.RawReactionActionEvent) -> None:
         job = await repository.find_job_by_message(self.services.db, payload.message_id)
         if job is None or (job.guild_id is not None and job.guild_id != payload.guild_id):
             return  # not one of our results
         channel = self.bot.get_partial_messageable(payload.channel_id, guild_id=payload.guild_id)
-        # Let the member react again later: take their reaction off (needs Manage Messages; optional).
-        with contextlib.suppress(discord.HTTPException):
-            await self.bot.http.remove_reaction(payload.channel_id, payload.message_id, RERUN_EMOJI, payload.user_id)
+        await self.take_reaction_off(payload)
         roles = tuple(role.id for role in payload.member.roles) if payload.member is not None else ()
         origin = Origin(user_id=payload.user_id, channel_id=payload.channel_id, guild_id=payload.guild_id,
                         role_ids=roles, parent_job_id=job.id, source="reaction")

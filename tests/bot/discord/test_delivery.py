@@ -133,3 +133,67 @@ async def test_no_progress_edit_after_the_final_one() -> None:
     assert not await delivery.edit_status(watched, content="Generating — step 3/10")
     assert [e["content"] for e in interaction.edits] == ["Done."]
     assert make_delivery(0.0).size_limit_for(None) == 10 * 1024 * 1024
+
+
+def test_channel_nonce_is_stable_per_post_and_distinct_across_jobs_and_databases() -> None:
+    from bot.discord.delivery import nonce_for
+
+    first = nonce_for(job(), "r")
+    assert first == nonce_for(job(), "r") and len(first) <= 25
+    assert first != nonce_for(job(), "f")  # the failure note is another post
+    assert first != nonce_for(job(id=43), "r")
+    assert first != nonce_for(job(queued_at=NOW + timedelta(milliseconds=1)), "r")  # job 42 of another database
+    assert len(nonce_for(job(id=10**12), "r")) <= 25
+
+
+def test_a_posted_result_is_recognised_by_its_footer_author_and_mention() -> None:
+    from types import SimpleNamespace
+
+    from bot.discord.delivery import is_result_message
+
+    def message(author: int = 500, content: str = "<@3>", footer: str | None = "Job 42") -> object:
+        embed = discord.Embed(title="x")
+        if footer is not None:
+            embed.set_footer(text=footer)
+        return SimpleNamespace(author=SimpleNamespace(id=author), content=content, embeds=[embed])
+
+    assert is_result_message(message(), job(), 500)
+    assert not is_result_message(message(author=501), job(), 500)  # someone else's message
+    assert not is_result_message(message(content="<@4>"), job(), 500)
+    assert not is_result_message(message(footer="Job 421"), job(), 500)
+    assert not is_result_message(message(footer=None), job(), 500)
+    # The marker is what the result embed really carries.
+    assert job_embed(job(status="done")).footer.text == "Job 42"
+
+
+async def test_followup_session_stops_at_a_server_error_instead_of_retrying() -> None:
+    """discord.py's webhook adapter would silently repeat a POST answered 500; the session ends it at once."""
+    import aiohttp
+    from aiohttp import web
+
+    from bot.discord.delivery import OutcomeUnknown, stop_at_server_error
+
+    hits: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        hits.append(request.method)
+        return web.json_response({"message": "boom"}, status=int(request.query.get("status", "500")))
+
+    app = web.Application()
+    app.router.add_route("*", "/", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with aiohttp.ClientSession(raise_for_status=stop_at_server_error) as session:
+            with pytest.raises(OutcomeUnknown) as caught:
+                async with session.post(f"http://127.0.0.1:{port}/?status=502"):
+                    pass
+            assert caught.value.status == 502
+            async with session.post(f"http://127.0.0.1:{port}/?status=404") as response:
+                assert response.status == 404  # client errors are discord.py's to handle
+        assert hits == ["POST", "POST"]
+    finally:
+        await runner.cleanup()

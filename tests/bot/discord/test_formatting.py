@@ -318,3 +318,14 @@ def test_fit_attachment_reencodes_losslessly_when_that_is_enough() -> None:
 def test_fit_attachment_gives_up_clearly(noisy_png: bytes) -> None:
     with pytest.raises(ValueError, match="cannot fit"):
         fit_attachment(noisy_png, 100)
+
+
+def test_each_file_and_the_whole_request_fit_discords_upload_limits() -> None:
+    from bot.discord.formatting import REQUEST_UPLOAD_LIMIT, per_file_budget
+
+    mib = 1024 * 1024
+    assert per_file_budget(1, 10 * mib) == 10 * mib and per_file_budget(2, 10 * mib) == 10 * mib
+    four = per_file_budget(4, 10 * mib)  # 4 × 10 MiB would be 40 MiB in one request
+    assert four < 10 * mib and 4 * four < REQUEST_UPLOAD_LIMIT
+    boosted = per_file_budget(4, 100 * mib)  # a boosted server's per-file limit: the request still caps it
+    assert 4 * boosted < REQUEST_UPLOAD_LIMIT and per_file_budget(0, 10 * mib) == 10 * mib

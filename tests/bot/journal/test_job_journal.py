@@ -8,8 +8,13 @@ test_journal_kill.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import hashlib
-from collections.abc import Sequence
+import os
+import sqlite3
+import subprocess
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,9 +25,10 @@ from sqlalchemy import select
 
 from bot.config import RateLimitSettings
 from bot.gate.rate_limits import RateLimiter
-from bot.journal.job_journal import JobJournal, request_of
+from bot.journal.job_journal import DISK_FULL_MESSAGE, SAVE_FAILED_MESSAGE, JobJournal, request_of
 from bot.storage import repository as repo
 from bot.storage.db import Database
+from bot.storage.images import TMP_SUFFIX, image_relpath
 from bot.storage.models import Job, RateLimitEntry
 from generation.request import GenerationRequest
 from generation.worker import (
@@ -250,8 +256,33 @@ async def test_saving_failure_marks_failed(db: Database, worker: FakeWorker, tmp
     worker.finish(job.id)
     await journal.wait_idle()
     failed = await repo.get_job(db, job.id)
-    assert failed.status == "failed" and "could not be saved" in failed.error
-    assert await repo.images_for_job(db, job.id) == [] and isinstance(recorder.calls[0][2], OSError)
+    assert failed.status == "failed" and failed.error == SAVE_FAILED_MESSAGE
+    outcome = recorder.calls[0][2]
+    assert await repo.images_for_job(db, job.id) == [] and isinstance(outcome, GenerationFailedError)
+    assert outcome.message == SAVE_FAILED_MESSAGE  # what the member reads: one sentence, no traceback
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (a device that is always full)")
+async def test_disk_full_while_saving_tells_the_member_and_marks_failed(db: Database, worker: FakeWorker,
+                                                                        tmp_path: Path) -> None:
+    """A real ENOSPC from the kernel: the image's temporary file is where /dev/full is."""
+    images = tmp_path / "images"
+    journal = JobJournal(db, worker, images, "tiny")
+    recorder = Recorder()
+    journal.add_listener(recorder)
+    job, _ = await journal.accept(request(count=2), **ORIGIN)
+    second = images / image_relpath(job.id, 1)
+    second.parent.mkdir(parents=True)
+    second.with_name(f".{second.name}.{os.getpid()}{TMP_SUFFIX}").symlink_to("/dev/full")
+    worker.finish(job.id)
+    await journal.wait_idle()
+
+    failed = await repo.get_job(db, job.id)
+    assert failed.status == "failed" and failed.error == DISK_FULL_MESSAGE
+    record, images_told, outcome = recorder.calls[0]
+    assert record.status == "failed" and images_told == []
+    assert isinstance(outcome, GenerationFailedError) and outcome.message == DISK_FULL_MESSAGE
+    assert not list(second.parent.glob(f"*{TMP_SUFFIX}")), "the temporary file was left behind"
 
 
 async def test_recover_requeues_in_original_order(db: Database, worker: FakeWorker, tmp_path: Path) -> None:
@@ -340,3 +371,71 @@ async def test_with_the_real_worker(db: Database, tmp_path: Path) -> None:
         assert record.status == "done" and record.started_at is not None
         images = await repo.images_for_job(db, job.id)
         assert [i.sha256 for i in images] == [hashlib.sha256(g.png).hexdigest() for g in result.images]
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A real, small file system (needs the right to mount: root or CAP_SYS_ADMIN; skipped otherwise)."""
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill_up(directory: Path) -> Path:
+    """Write a file until the file system says ENOSPC; removing it gives the space back."""
+    filler = directory / "filler"
+    with filler.open("wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    return filler
+
+
+def job_status(db_path: Path, job_id: int) -> str:
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        return conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+
+
+async def test_disk_full_for_the_database_too_member_told_at_once_failure_recorded_later(tmp_path: Path) -> None:
+    """The disk holding the images AND the database fills up while a job runs: saving fails, and so does the
+    error handler's own write. The member is told anyway, and the failure is written once there is room."""
+    with small_tmpfs(tmp_path / "disk", "2m") as disk:
+        database = Database.connect(f"sqlite+aiosqlite:///{disk / 'journal.db'}")
+        await database.create_all()
+        journal = JobJournal(database, FakeWorker(disk / "journal.db"), disk / "images", "tiny")
+        recorder = Recorder()
+        journal.add_listener(recorder)
+        try:
+            job, _ = await journal.accept(request(count=1), **ORIGIN)
+            filler = fill_up(disk)
+            journal.worker.finish(job.id)
+
+            async def told() -> bool:
+                return bool(recorder.calls)
+
+            await eventually(told)
+            record, _, outcome = recorder.calls[0]
+            assert record.status == "failed" and isinstance(outcome, GenerationFailedError)
+            assert outcome.message == DISK_FULL_MESSAGE
+            assert job_status(disk / "journal.db", job.id) == "queued", "the database write should have failed"
+
+            filler.unlink()
+
+            async def recorded() -> bool:
+                return job_status(disk / "journal.db", job.id) == "failed"
+
+            await eventually(recorded, within=20)
+            failed = await repo.get_job(database, job.id)
+            assert failed.error == DISK_FULL_MESSAGE
+        finally:
+            await journal.close()
+            await database.close()

@@ -337,6 +337,20 @@ async def test_server_error_is_retried(world: World) -> None:
     assert [c.status for c in server.calls("POST", "/channels/*/messages")] == [500, 200]
 
 
+async def test_server_error_after_creating_the_message_repeats_it_like_discord(world: World) -> None:
+    """``after=True``: the message is created, only the answer is a 500 (a lost answer), so a client that
+    blindly retries (discord.py does for 5xx) posts it twice -- what the bot must guard against."""
+    server = world.server
+    rule = server.fail_route("POST", "/channels/*/messages", 500, after=True)
+    bob = server.members["bob"]
+    posted = await server.send_message(bob, server.general, "hello again")
+    await server.react(bob, posted, "🎈")
+    first = await server.wait_for_message(lambda m: "🎈" in m.content, timeout=5)
+    second = await server.wait_for_message(lambda m: "🎈" in m.content and m.id != first.id, timeout=5)
+    assert first.content == second.content and rule.hits == 1
+    assert [c.status for c in server.calls("POST", "/channels/*/messages")] == [500, 200]
+
+
 async def test_gateway_drop_resumes_and_replays_missed_events(world: World) -> None:
     server, bot = world.server, world.bot
     assert server.drop_gateway() == 1
