@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -19,6 +17,7 @@ from bot.gate.input_image import (
     sniff_format,
 )
 from generation.settings import GenerationSettings
+from tests.helpers import bomb_png
 
 LIMITS = InputImageSettings(max_bytes=200 * 1024, max_pixels=2048 * 2048)
 SETTINGS = GenerationSettings(model="tiny", min_size=64, max_size=256, max_pixels=256 * 256)
@@ -32,18 +31,6 @@ def encoded(size: tuple[int, int] = (100, 60), fmt: str = "PNG", mode: str = "RG
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **save)
     return buffer.getvalue()
-
-
-def bomb_png(side: int = 16000) -> bytes:
-    """A real decompression bomb: a valid 1-bit PNG of side x side white pixels, a few tens of KB on disk."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    row = b"\x00" + b"\xff" * ((side + 7) // 8)
-    compressor = zlib.compressobj(9)
-    idat = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
-    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def refusal(data: bytes, limits: InputImageSettings = LIMITS) -> str:
