@@ -15,6 +15,7 @@ import discord
 
 from bot.config import InputImageSettings
 from bot.gate.input_image import InputImage, InputImageError, check_declared, normalize_input_image, too_many_bytes
+from bot.text import format_duration
 from generation.settings import GenerationSettings
 
 CHUNK_BYTES = 64 * 1024
@@ -38,7 +39,7 @@ async def download(url: str, limits: InputImageSettings) -> bytes:
                     raise too_many_bytes(len(received), limits)
     except TimeoutError:
         raise InputImageError(f"downloading the attached image took longer than "
-                              f"{limits.download_timeout_seconds:g} seconds; {RETRY}") from None
+                              f"{format_duration(limits.download_timeout_seconds)}; {RETRY}") from None
     except aiohttp.ClientError:
         raise InputImageError(f"the attached image could not be downloaded from Discord; {RETRY}") from None
     return bytes(received)
