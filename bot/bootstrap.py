@@ -25,6 +25,7 @@ from bot.contests.service import ContestService
 from bot.discord.client import ImagineBot, ShardedImagineBot, create_bot
 from bot.discord.endpoints import configure_endpoints
 from bot.gate.content_filter import ContentFilter
+from bot.gate.input_image import configure_pillow
 from bot.gate.rate_limits import RateLimiter
 from bot.journal.job_journal import JobJournal
 from bot.ops.health import HealthChecks
@@ -104,6 +105,9 @@ async def build_services(settings: Settings, *, model: LoadedModel | None = None
     metrics = metrics if metrics is not None else BotMetrics()
     health = health if health is not None else HealthChecks()
     content_filter = ContentFilter.from_settings(settings.content_filter)
+    gen = settings.generation
+    # The largest picture this bot decodes on purpose: anything beyond is a decompression bomb to Pillow too.
+    configure_pillow(settings.input_images.max_pixels, gen.max_pixels, gen.max_upscale_pixels)
     await asyncio.to_thread(check_storage, settings)  # creates the database file and images folder, private
     if settings.database.auto_upgrade:
         await upgrade_to_head(settings.database.url)  # runs Alembic in a thread
@@ -129,7 +133,6 @@ async def build_services(settings: Settings, *, model: LoadedModel | None = None
             safety_checker = await asyncio.to_thread(load_safety_checker, settings.generation.safety_checker,
                                                      info.device)
 
-        gen = settings.generation
         worker = GenerationWorker(engine, queue_size=gen.queue_size, max_batch_size=gen.max_batch_size,
                                   previews=gen.previews, metrics=metrics.generation)
         await worker.start()

@@ -88,6 +88,15 @@ class ContentFilterSettings(_Section):
     nsfw_channel_policy: Literal["block", "spoiler", "allow"] = "spoiler"
 
 
+class InputImageSettings(_Section):
+    """Pictures members attach to /imagine (img2img): checked before and after the download."""
+
+    max_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="largest attachment downloaded")
+    max_pixels: int = Field(4096 * 4096, ge=64 * 64, description="width*height at most, read before decoding "
+                            "(decompression bombs)")
+    download_timeout_seconds: float = Field(20.0, gt=0, description="the whole download, from Discord's CDN")
+
+
 class PlaygroundSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8765, ge=0, le=65535)
@@ -111,6 +120,7 @@ class Settings(_Section):
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     content_filter: ContentFilterSettings = Field(default_factory=ContentFilterSettings)
+    input_images: InputImageSettings = Field(default_factory=InputImageSettings)
     playground: PlaygroundSettings = Field(default_factory=PlaygroundSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)

@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
+import struct
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
+
+from PIL import Image, ImageDraw
 
 from bot.config import Settings, settings_from_mapping
 from bot.storage import repository
@@ -105,3 +110,28 @@ async def eventually(check: Callable[[], T | Awaitable[T]], what: str = "the con
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+def picture_png(size: tuple[int, int] = (96, 80), *, variant: int = 0) -> bytes:
+    """A PNG with structure (a gradient, a disc and a bar that move with ``variant``): something img2img can keep."""
+    width, height = size
+    image = Image.linear_gradient("L").resize(size).convert("RGB")
+    draw = ImageDraw.Draw(image)
+    x = (variant * 37) % max(1, width // 2)
+    draw.ellipse((x, height // 4, x + width // 3, height // 4 + width // 3), fill=(220, 40, 40))
+    draw.rectangle((0, height - height // 5, width, height), fill=(30, 60 + 40 * (variant % 4), 200))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def bomb_png(side: int = 16000) -> bytes:
+    """A real decompression bomb: a valid 1-bit PNG of ``side`` x ``side`` white pixels, a few tens of KB."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" + b"\xff" * ((side + 7) // 8)
+    compressor = zlib.compressobj(9)
+    idat = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")

@@ -454,14 +454,13 @@ class Delivery:
     async def _result_view(self, job: JobRecord, images: Sequence[ImageRecord]) -> discord.ui.View:
         """The result buttons, plus what the cogs' providers add (a failing provider only loses its items)."""
 
-        view = result_view(job.id)
+        extra: list[discord.ui.Item[Any]] = []
         for provider in list(self.result_item_providers):
             try:
-                for item in await provider(job, images):
-                    view.add_item(item)
+                extra += await provider(job, images)
             except Exception:
                 log.exception("result item provider %r failed for job %s", provider, job.id)
-        return view
+        return result_view(job.id, job.params.count, extra)
 
     async def _apply_safety(self, job: JobRecord, pngs: list[bytes]) -> list[Any]:
         """Run the output checker (if any) in a thread and apply the channel's policy to each image."""

@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 
 REPLAY_NOTE = "The bot restarted; picking your request up again…"
 # What an inbox entry may carry: a field a newer version stored is left out rather than refused.
-OPTION_NAMES = frozenset(field.name for field in dataclasses.fields(ImageParams))
+OPTION_NAMES = frozenset(field.name for field in dataclasses.fields(ImageParams)) | {"aspect"}
+UPLOAD_LOST = ("The bot restarted before your picture was saved, so this request cannot be picked up again; "
+               "please send the command with the image once more.")
 
 
 def rerun_refusal(job: JobRecord | None, guild_id: int | None) -> str | None:
@@ -45,7 +47,9 @@ async def options_of(services: Any, entry: InboxRecord) -> Options | str:
         job = await repository.get_job(services.db, entry.parent_job_id) if entry.parent_job_id else None
         refusal = rerun_refusal(job, entry.guild_id)
         return refusal if refusal is not None or job is None else Options.rerun_of(job)
-    return Options.of(**{key: value for key, value in entry.options.items() if key in OPTION_NAMES})
+    if "image" in entry.options:  # the uploaded picture was never saved: running without it is not what they asked
+        return UPLOAD_LOST
+    return Options.typed_by_member(**{key: value for key, value in entry.options.items() if key in OPTION_NAMES})
 
 
 def origin_of_entry(entry: InboxRecord) -> Origin:

@@ -1,8 +1,14 @@
-"""Persistent buttons under every result: 🔄 Rerun, 🗑 Delete, ℹ Parameters.
+"""Persistent buttons under every result: Upscale / Vary (one image) or U1-U4 / V1-V4 (several), then 🔄 Rerun,
+🗑 Delete, ℹ Parameters.
 
-They are :class:`discord.ui.DynamicItem` s whose ``custom_id`` carries the job id (``imagine:rerun:42``), so a
-click is understood from the id alone: no in-memory view per message, and buttons on messages posted before a
-restart keep working. The callbacks are thin: the work lives in the cogs and :mod:`bot.discord.delivery`.
+They are :class:`discord.ui.DynamicItem` s whose ``custom_id`` carries the job id and, for Upscale and Vary, the
+image (``imagine:rerun:42``, ``imagine:upscale:42:1``), so a click is understood from the id alone: no in-memory
+view per message, and buttons on messages posted before a restart keep working. The callbacks are thin: the work
+lives in the cogs and :mod:`bot.discord.delivery`.
+
+Layout within Discord's limits (5 rows of 5 buttons): one image -> [Upscale, Vary (Subtle), Vary (Strong)],
+[Rerun, Delete, Parameters]; N > 1 images -> [U1..UN], [V1..VN] (subtle), [Rerun, Delete, Parameters]; what the
+cogs add (a contest's Submit buttons) comes in the rows after those.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -25,12 +32,18 @@ log = logging.getLogger(__name__)
 
 PREFIX = "imagine"
 ACTIONS = ("rerun", "delete", "params")
+IMAGE_ACTIONS = ("upscale", "vary_subtle", "vary_strong")
+ROW_WIDTH = 5  # buttons in one action row
+MAX_ROWS = 5  # action rows in one message
 
 
-def custom_id(action: str, job_id: int) -> str:
-    if action not in ACTIONS:
-        raise ValueError(f"unknown button action {action!r}")
-    return f"{PREFIX}:{action}:{int(job_id)}"
+def custom_id(action: str, job_id: int, index: int | None = None) -> str:
+    """``imagine:rerun:42``; the image actions name the image too: ``imagine:upscale:42:1``."""
+    if action in ACTIONS and index is None:
+        return f"{PREFIX}:{action}:{int(job_id)}"
+    if action in IMAGE_ACTIONS and index is not None and 0 <= index <= 9:
+        return f"{PREFIX}:{action}:{int(job_id)}:{int(index)}"
+    raise ValueError(f"unknown button action {action!r} (image index {index!r})")
 
 
 def can_delete(job: JobRecord, user_id: int, permissions: discord.Permissions | None) -> bool:
@@ -125,13 +138,78 @@ class ParamsButton(_JobButton, template=rf"{PREFIX}:params:(?P<job_id>[0-9]{{1,1
         await answer(interaction, parameters_text(job))
 
 
-DYNAMIC_ITEMS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (RerunButton, DeleteButton, ParamsButton)
+class _ImageButton(_JobButton, template=r"$^"):
+    """Upscale or vary one image of the job: a child job through the same gate as /imagine."""
+
+    labels: tuple[str, str] = ("", "")  # (one image, several images: with {n})
+
+    def __init__(self, job_id: int, index: int = 0, count: int = 1) -> None:
+        label = self.labels[0] if count == 1 else self.labels[1].format(n=index + 1)
+        super().__init__(job_id, discord.ui.Button(label=label, style=discord.ButtonStyle.secondary,
+                                                   custom_id=custom_id(self.action, job_id, index)))
+        self.index = index
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> _ImageButton:
+        return cls(int(match["job_id"]), int(match["index"]))
+
+    async def run(self, interaction: discord.Interaction, job: JobRecord) -> None:
+        cog = interaction.client.get_cog("Imagine")  # type: ignore[attr-defined]
+        await cog.derive_from_button(interaction, job, self.index, self.action)
 
 
-def result_view(job_id: int) -> discord.ui.View:
-    """The buttons under a result; fully dynamic, so discord.py keeps no per-message state for them."""
+_IMAGE_ID = r"(?P<job_id>[0-9]{1,19}):(?P<index>[0-9])"
+
+
+class UpscaleButton(_ImageButton, template=rf"{PREFIX}:upscale:{_IMAGE_ID}"):
+    """The chosen image at ``generation.upscale_factor`` x (hires fix, or the configured upscaler)."""
+
+    action = "upscale"
+    labels = ("Upscale", "U{n}")
+
+
+class VarySubtleButton(_ImageButton, template=rf"{PREFIX}:vary_subtle:{_IMAGE_ID}"):
+    """img2img from the chosen image with a new seed at ``vary_subtle_strength``: close to it."""
+
+    action = "vary_subtle"
+    labels = ("Vary (Subtle)", "V{n}")
+
+
+class VaryStrongButton(_ImageButton, template=rf"{PREFIX}:vary_strong:{_IMAGE_ID}"):
+    """The same at ``vary_strong_strength``: the composition stays, the details change."""
+
+    action = "vary_strong"
+    labels = ("Vary (Strong)", "V{n} (Strong)")
+
+
+DYNAMIC_ITEMS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
+    RerunButton, DeleteButton, ParamsButton, UpscaleButton, VarySubtleButton, VaryStrongButton)
+
+
+def _placed(item: discord.ui.Item[Any], row: int) -> discord.ui.Item[Any]:
+    item.row = row
+    return item
+
+
+def result_view(job_id: int, count: int = 1, extra: Sequence[discord.ui.Item[Any]] = ()) -> discord.ui.View:
+    """The buttons under a result of ``count`` images, then ``extra`` items (the cogs') in the rows after them;
+    fully dynamic, so discord.py keeps no per-message state for them. See the module docstring for the layout."""
+    if not 1 <= count <= ROW_WIDTH:
+        raise ValueError(f"a result has 1 to {ROW_WIDTH} images, not {count}")
     view = discord.ui.View(timeout=None)
-    view.add_item(RerunButton(job_id))
-    view.add_item(DeleteButton(job_id))
-    view.add_item(ParamsButton(job_id))
+    if count == 1:
+        image_rows = [[UpscaleButton(job_id), VarySubtleButton(job_id), VaryStrongButton(job_id)]]
+    else:
+        image_rows = [[UpscaleButton(job_id, i, count) for i in range(count)],
+                      [VarySubtleButton(job_id, i, count) for i in range(count)]]
+    rows: list[list[discord.ui.Item[Any]]] = [*image_rows, [RerunButton(job_id), DeleteButton(job_id),
+                                                              ParamsButton(job_id)]]
+    rows += [list(extra[start:start + ROW_WIDTH]) for start in range(0, len(extra), ROW_WIDTH)]
+    if len(rows) > MAX_ROWS:
+        raise ValueError(f"{len(extra)} extra item(s) do not fit under a result of {count} image(s)")
+    for row, items in enumerate(rows):
+        for item in items:
+            view.add_item(_placed(item, row))
     return view

@@ -1,8 +1,10 @@
 """The one path every new job takes: validate -> content filter -> rate limit -> journal (-> queue).
 
-/imagine, the 🔄 Rerun button and the 🔄 reaction all call :func:`submit`, so a rerun can never skip the filter
-or the limits. It knows nothing about Discord objects (only ids), which keeps it testable with the real
-storage, filter and limiter; the cogs turn its :class:`Refusal` into an ephemeral reply or a channel message.
+/imagine, the 🔄 Rerun button, the 🔄 reaction and the Upscale/Vary buttons all call :func:`submit`, so none of
+them can skip the filter or the limits (an upscale or a variation costs its one image). It knows nothing about
+Discord objects (only ids), which keeps it testable with the real storage, filter and limiter; the cogs turn its
+:class:`Refusal` into an ephemeral reply or a channel message. Starting images stored on disk (a parent's PNG, an
+earlier upload) are read here, off the event loop.
 """
 
 from __future__ import annotations
@@ -15,14 +17,23 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
+from bot.gate.aspect import member_values
 from bot.gate.content_filter import ContentFilter
 from bot.gate.rate_limits import RateLimited, RateLimiter
 from bot.gate.refusals import refusal_message
 from bot.journal.job_journal import JobJournal
 from bot.storage import repository
 from bot.storage.db import Database
-from bot.storage.records import JobRecord
-from generation.request import RequestError, validate_request
+from bot.storage.images import read_stored
+from bot.storage.records import GuildSettingsRecord, JobRecord
+from generation.request import (
+    GenerationRequest,
+    ImageParams,
+    RequestError,
+    upscale_request,
+    validate_request,
+    variation_request,
+)
 from generation.settings import GenerationSettings
 from generation.worker import JobHandle, QueueFullError
 
@@ -32,18 +43,28 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RefusalKind = Literal["invalid", "filtered", "rate_limited", "queue_full"]
+Derivation = Literal["upscale", "vary_subtle", "vary_strong"]
+GONE_STARTING_IMAGE = "the starting image of that job is no longer stored, so it cannot be used again"
 
 
 @dataclass(frozen=True)
 class Options:
     """What the member asked for, as given: :class:`~generation.request.ImageParams` field names to values
-    (a missing one is the configured default; no seed means a new random one), plus an uploaded picture.
+    (a missing one is the configured default; no seed means a new random one), plus a starting picture: its
+    bytes (an upload), or the stored file it is (``init_image_path``, read by :func:`submit`).
 
+    ``typed``: the member typed these in /imagine, so trailing prompt flags and ``aspect`` are read
+    (:func:`bot.gate.aspect.member_values`); stored parameters (reruns, buttons) never are. ``derive``: an upscale or
+    a variation of image ``image_index`` of the job whose parameters ``values`` are.
     Only :func:`~generation.request.validate_request` knows the fields, so a new image parameter needs no edit here.
     """
 
     values: Mapping[str, Any]
     init_image: bytes | None = field(default=None, repr=False)
+    init_image_path: str | None = None
+    typed: bool = False
+    derive: Derivation | None = None
+    image_index: int = 0
 
     @classmethod
     def of(cls, *, init_image: bytes | None = None, **values: Any) -> Options:
@@ -51,9 +72,22 @@ class Options:
         return cls(MappingProxyType({k: v for k, v in values.items() if v is not None}), init_image)
 
     @classmethod
+    def typed_by_member(cls, *, init_image: bytes | None = None, **values: Any) -> Options:
+        """/imagine's options as the member typed them (prompt flags and ``aspect`` still to be read)."""
+        plain = cls.of(init_image=init_image, **values)
+        return cls(plain.values, init_image, typed=True)
+
+    @classmethod
     def rerun_of(cls, job: JobRecord) -> Options:
-        """The same prompt and parameters with a new random seed (what 🔄 means)."""
-        return cls.of(**{**job.params.to_dict(), "seed": None})
+        """The same prompt and parameters (and starting image) with a new random seed (what 🔄 means)."""
+        plain = cls.of(**{**job.params.to_dict(), "seed": None})
+        return cls(plain.values, init_image_path=job.init_image_path)
+
+    @classmethod
+    def derived_from(cls, job: JobRecord, index: int, image_path: str, derive: Derivation) -> Options:
+        """Upscale or vary image ``index`` of ``job``, whose stored PNG is ``image_path``."""
+        return cls(MappingProxyType(job.params.to_dict()), init_image_path=image_path, derive=derive,
+                   image_index=index)
 
 
 @dataclass(frozen=True)
@@ -68,7 +102,8 @@ class Origin:
     interaction_token: str | None = None
     application_id: int | None = None
     parent_job_id: int | None = None
-    source: str = "imagine"  # imagine | rerun_button | reaction: recorded with moderation events
+    parent_image_index: int | None = None  # which image of the parent an upscale or variation starts from
+    source: str = "imagine"  # imagine | rerun_button | reaction | upscale_button | vary_button: moderation events
 
 
 @dataclass(frozen=True)
@@ -101,6 +136,27 @@ class Gate:
     metrics: BotMetrics | None = None
 
 
+def _invalid(message: str) -> Refusal:
+    return Refusal("invalid", refusal_message("invalid", message=message), details={"message": message})
+
+
+def _request(gate: Gate, options: Options, requester_id: str, init_image: bytes | None,
+             guild: GuildSettingsRecord | None) -> GenerationRequest:
+    """The validated request; :class:`RequestError` says what is wrong."""
+    settings = gate.settings
+    if options.derive is not None:
+        assert init_image is not None  # derived options always name the parent's stored image
+        parent = ImageParams.from_dict(options.values)
+        if options.derive == "upscale":
+            return upscale_request(settings, parent, options.image_index, init_image, requester_id=requester_id)
+        return variation_request(settings, parent, options.image_index, init_image, requester_id=requester_id,
+                                 strong=options.derive == "vary_strong")
+    values = member_values(settings, options.values) if options.typed else dict(options.values)
+    if "model" not in values and guild is not None and guild.default_model in settings.model_sources():
+        values["model"] = guild.default_model  # the server's choice; a model since removed from the config is not
+    return validate_request(settings, requester_id=requester_id, init_image=init_image, **values)
+
+
 async def submit(gate: Gate, options: Options, origin: Origin) -> Accepted | Refusal:
     """Run the whole gate; on success the job is journalled (before it is queued) and its handle returned."""
     outcome = await _submit(gate, options, origin)
@@ -110,16 +166,21 @@ async def submit(gate: Gate, options: Options, origin: Origin) -> Accepted | Ref
 
 
 async def _submit(gate: Gate, options: Options, origin: Origin) -> Accepted | Refusal:
+    guild = await repository.get_guild_settings(gate.db, origin.guild_id) if origin.guild_id is not None else None
+    init_image = options.init_image
+    if init_image is None and options.init_image_path is not None:
+        try:
+            init_image = await read_stored(gate.journal.images_dir, options.init_image_path)
+        except OSError:
+            return _invalid(GONE_STARTING_IMAGE)
     try:
-        request = validate_request(gate.settings, requester_id=str(origin.user_id), init_image=options.init_image,
-                                   **options.values)
+        request = _request(gate, options, str(origin.user_id), init_image, guild)
     except RequestError as exc:
-        return Refusal("invalid", refusal_message("invalid", message=exc.message), details={"message": exc.message})
+        return _invalid(exc.message)
 
     terms: tuple[str, ...] = ()
     default_rules: bool | None = None
-    if origin.guild_id is not None:
-        guild = await repository.get_guild_settings(gate.db, origin.guild_id)
+    if guild is not None:
         terms, default_rules = guild.blocked_terms, guild.default_filter_rules
     # The filter is CPU work (ICU, RE2, loops over the prompt): never on the event loop.
     prompt, negative = request.params.prompt, request.params.negative_prompt
@@ -154,6 +215,8 @@ async def _submit(gate: Gate, options: Options, origin: Origin) -> Accepted | Re
             interaction_token=origin.interaction_token,
             application_id=origin.application_id,
             parent_job_id=origin.parent_job_id,
+            parent_image_index=origin.parent_image_index,
+            init_image_path=options.init_image_path if request.init_image is not None else None,
             ledger_entry_id=reservation.entry_id,
         )
     except QueueFullError as exc:

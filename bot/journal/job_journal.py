@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from bot.clock import utcnow
 from bot.storage import repository
 from bot.storage.db import Database
-from bot.storage.images import read_image, save_image
+from bot.storage.images import read_image, read_stored, save_image, save_input
 from bot.storage.records import ImageRecord, JobRecord
 from generation.request import GenerationRequest
 from generation.worker import (
@@ -69,9 +69,10 @@ def save_failure_message(exc: BaseException) -> str:
     return SAVE_FAILED_MESSAGE
 
 
-def request_of(job: JobRecord) -> GenerationRequest:
-    """Rebuild the exact request a journalled job was accepted with (same seed, so the same images)."""
-    return GenerationRequest(params=job.params, requester_id=str(job.user_id))
+def request_of(job: JobRecord, init_image: bytes | None = None) -> GenerationRequest:
+    """Rebuild the exact request a journalled job was accepted with (same seed, so the same images); an img2img
+    job needs its starting image's bytes (:meth:`JobJournal.starting_image` reads them)."""
+    return GenerationRequest(params=job.params, requester_id=str(job.user_id), init_image=init_image)
 
 
 class JobJournal:
@@ -116,17 +117,23 @@ class JobJournal:
         interaction_token: str | None,
         application_id: int | None,
         parent_job_id: int | None = None,
+        parent_image_index: int | None = None,
+        init_image_path: str | None = None,
         ledger_entry_id: int | None = None,
     ) -> tuple[JobRecord, JobHandle]:
         """Journal the job (committed), then queue it. QueueFullError: the job is marked refused and re-raised.
 
         The rate limiter's ledger entry (``ledger_entry_id``) is linked to the job in the same transaction; releasing it
-        after a refusal stays the caller's business (``RateLimiter.release``).
+        after a refusal stays the caller's business (``RateLimiter.release``). A starting image is journalled as a
+        file: ``init_image_path`` when it is stored already (the parent's PNG), else the upload is saved first.
         """
+        if request.init_image is not None and init_image_path is None:
+            init_image_path = (await save_input(self.images_dir, request.init_image)).path
         job = await repository.create_job(
             self.db, guild_id=guild_id, channel_id=channel_id, user_id=user_id, interaction_id=interaction_id,
             interaction_token=interaction_token, application_id=application_id, params=request.params,
-            parent_job_id=parent_job_id, ledger_entry_id=ledger_entry_id,
+            parent_job_id=parent_job_id, parent_image_index=parent_image_index, init_image_path=init_image_path,
+            ledger_entry_id=ledger_entry_id,
         )
         try:
             handle = self.worker.submit(request, job_id=job.worker_job_id)
@@ -152,7 +159,8 @@ class JobJournal:
             if job.status == "running":
                 job = await repository.requeue(self.db, job.id)
             try:
-                handle = self.worker.submit(request_of(job), job_id=job.worker_job_id)
+                handle = self.worker.submit(request_of(job, await self.starting_image(job)),
+                                            job_id=job.worker_job_id)
             except QueueFullError as exc:
                 log.warning("job %s could not be queued again after a restart: %s", job.id, exc.message)
                 refused = await repository.mark_refused(self.db, job.id, RECOVERY_QUEUE_FULL)
@@ -165,6 +173,17 @@ class JobJournal:
             log.info("re-queued %d unfinished job(s) from the journal", len(recovered))
         await self._redeliver_unposted()
         return recovered
+
+    async def starting_image(self, job: JobRecord) -> bytes | None:
+        """The bytes of a job's stored starting image; None for text-to-image, or when the file is gone (the
+        engine then fails the job with a sentence saying so)."""
+        if job.init_image_path is None:
+            return None
+        try:
+            return await read_stored(self.images_dir, job.init_image_path)
+        except OSError:
+            log.warning("the starting image %s of job %s is gone", job.init_image_path, job.id)
+            return None
 
     async def _redeliver_unposted(self) -> None:
         """Hand the listeners again the results that were saved but never posted (a crash between the two)."""

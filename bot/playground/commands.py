@@ -8,12 +8,15 @@ command and option the bot has is usable without the page knowing about it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from bot.localdiscord.models import (
+    ATTACHMENT,
     BOOLEAN,
     CHANNEL,
     INTEGER,
@@ -65,6 +68,8 @@ def coerce_value(definition: dict[str, Any], value: Any, resolve: Callable[[int,
     turns ``#art`` / ``@bob`` / role names into ids for CHANNEL, USER and ROLE options.
     """
     kind, name = definition["type"], definition["name"]
+    if kind == ATTACHMENT:
+        return attachment_value(name, value)
     if not isinstance(value, str):
         return value
     text = value.strip()
@@ -88,6 +93,17 @@ def coerce_value(definition: dict[str, Any], value: Any, resolve: Callable[[int,
     if kind in (CHANNEL, USER, ROLE, MENTIONABLE) and resolve is not None:
         return resolve(kind, text)
     return value if kind == STRING else text
+
+
+def attachment_value(name: str, value: Any) -> tuple[str, bytes]:
+    """An uploaded file from the page, ``{"filename": ..., "data": <base64>}``, as the local server takes it."""
+    if not isinstance(value, dict) or not isinstance(value.get("filename"), str) or "data" not in value:
+        raise CommandTextError(f"option {name}: attach a file (the page sends {{filename, data}})")
+    try:
+        data = base64.b64decode(str(value["data"]), validate=True)
+    except (binascii.Error, ValueError):
+        raise CommandTextError(f"option {name}: the file's data is not base64") from None
+    return value["filename"].strip() or "upload", data
 
 
 def parse_command_text(text: str, commands: Iterable[dict[str, Any]],

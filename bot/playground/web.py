@@ -9,7 +9,8 @@ API (all JSON; ``member`` is a username or user id, ``channel`` a channel name o
 * ``GET /api/state`` -> guild, channels, members, synced commands, messages, model info.
 * ``POST /api/command`` ``{member, channel, text}`` (``/imagine prompt:... seed:...``) or
   ``{member, channel, name, options}`` -> ``{interaction_id, name, options}``; 400 ``{error}`` when Discord's
-  client would refuse it (unknown command/option, out of bounds).
+  client would refuse it (unknown command/option, out of bounds). An attachment option is
+  ``{"filename": ..., "data": <base64>}`` (the page's file picker).
 * ``POST /api/react`` ``{member, message_id, emoji, remove?}``; ``POST /api/button``
   ``{member, message_id, custom_id}``; ``POST /api/select`` ``{member, message_id, custom_id, values}``;
   ``POST /api/message`` ``{member, channel, content}``.
@@ -324,7 +325,9 @@ class PlaygroundWeb:
             interaction = await self.server.send_command(member, channel, name, options)
         except (CommandTextError, LookupError, ValueError) as exc:
             raise ApiError(str(exc)) from None
-        return web.json_response({"interaction_id": str(interaction.id), "name": name, "options": options},
+        shown = {key: {"filename": value[0], "size": len(value[1])} if isinstance(value, tuple) else value
+                 for key, value in options.items()}  # an attachment's bytes are not echoed back
+        return web.json_response({"interaction_id": str(interaction.id), "name": name, "options": shown},
                                  dumps=_dumps)
 
     async def _react(self, request: web.Request) -> web.Response:

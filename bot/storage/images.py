@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import secrets
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -24,6 +25,7 @@ from bot.storage.db import Database
 from bot.storage.records import ImageRecord, JobRecord
 
 TMP_SUFFIX = ".tmp"
+INPUTS_DIR = "inputs"  # uploaded starting images (img2img), named by their content
 
 
 @dataclass(frozen=True)
@@ -74,12 +76,21 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def input_relpath(sha256: str) -> str:
+    """By content: the same picture uploaded again (or a job run again) is stored once."""
+    return f"{INPUTS_DIR}/{sha256[:2]}/{sha256}.png"
+
+
 def save_image_sync(images_dir: Path, job_id: int, index: int, png: bytes) -> StoredImage:
     """Write ``png`` atomically (temp file, fsync, rename, fsync folder)."""
-    relpath = image_relpath(job_id, index)
-    target = Path(images_dir) / relpath
+    return _write_atomically(Path(images_dir), image_relpath(job_id, index), png)
+
+
+def _write_atomically(images_dir: Path, relpath: str, png: bytes) -> StoredImage:
+    target = images_dir / relpath
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}{TMP_SUFFIX}")
+    # unique per write: two jobs may store the same upload (same content, same name) at the same moment
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}")
     try:
         with open(tmp, "wb") as handle:
             handle.write(png)
@@ -99,8 +110,19 @@ async def save_image(images_dir: Path, job_id: int, index: int, png: bytes) -> S
     return await asyncio.to_thread(save_image_sync, Path(images_dir), job_id, index, png)
 
 
+async def save_input(images_dir: Path, png: bytes) -> StoredImage:
+    """Keep an uploaded starting image (a normalised PNG) so its job can run again after a restart; the caller
+    records the path in the job's row afterwards (file first, as for results)."""
+    return await asyncio.to_thread(_write_atomically, Path(images_dir), input_relpath(sha256_of(png)), png)
+
+
 async def read_image(images_dir: Path, image: ImageRecord) -> bytes:
-    return await asyncio.to_thread(resolve(Path(images_dir), image.path).read_bytes)
+    return await read_stored(images_dir, image.path)
+
+
+async def read_stored(images_dir: Path, path: str) -> bytes:
+    """The bytes of a stored file (a result, or a job's starting image) by its row's path; OSError if gone."""
+    return await asyncio.to_thread(resolve(Path(images_dir), path).read_bytes)
 
 
 def _files_under(images_dir: Path) -> list[Path]:
@@ -228,4 +250,19 @@ async def prune(db: Database, images_dir: Path, older_than: timedelta) -> PruneR
 
     report = await asyncio.to_thread(delete)
     report.rows_marked = await repository.mark_images_pruned(db, [r.id for r in rows])
+    inputs = await repository.stale_input_paths(db, f"{INPUTS_DIR}/", older_than=utcnow() - older_than)
+
+    def delete_inputs() -> None:
+        for relpath in inputs:
+            path = resolve(images_dir, relpath)
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            report.files_deleted += 1
+            report.bytes_freed += size
+        _remove_empty_dirs(images_dir)
+
+    await asyncio.to_thread(delete_inputs)
     return report

@@ -59,6 +59,8 @@ class GuildSettings(Base):
     contest_channel_id: Mapped[int | None] = mapped_column(BigInteger)
     # The shipped content rules for this guild: None follows content_filter.default_rules (bot/gate/content_filter.py).
     default_filter_rules: Mapped[bool | None] = mapped_column(Boolean)
+    # The model /imagine uses here when none is chosen (a name from generation.models; None: the bot's default).
+    default_model: Mapped[str | None] = mapped_column(String(64))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
@@ -108,6 +110,9 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text)
     prompt_truncated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     parent_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    parent_image_index: Mapped[int | None] = mapped_column(Integer)  # the parent's image an upscale/vary starts from
+    # img2img's starting image, relative to the images folder: the parent's PNG, or an upload under inputs/.
+    init_image_path: Mapped[str | None] = mapped_column(String(1024))
     queued_at: Mapped[datetime] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -32,6 +32,8 @@ class JobRecord:
     started_at: datetime | None
     finished_at: datetime | None
     prompt_truncated: bool = False
+    parent_image_index: int | None = None  # which image of the parent job an upscale or variation starts from
+    init_image_path: str | None = None  # img2img's starting image on disk (relative to the images folder)
 
     @property
     def worker_job_id(self) -> str:
@@ -66,6 +68,7 @@ class GuildSettingsRecord:
     max_queued_per_user: int | None
     contest_channel_id: int | None
     default_filter_rules: bool | None = None  # the shipped content rules; None: content_filter.default_rules decides
+    default_model: str | None = None  # /imagine's model here when none is chosen; None: generation's default
 
 
 @dataclass(frozen=True)

@@ -194,6 +194,8 @@ async def create_job(
     interaction_token: str | None = None,
     application_id: int | None = None,
     parent_job_id: int | None = None,
+    parent_image_index: int | None = None,
+    init_image_path: str | None = None,
     ledger_entry_id: int | None = None,
 ) -> JobRecord:
     """Journal a new job (status ``queued``), count it for the member, and link its rate-limit entry.
@@ -206,7 +208,8 @@ async def create_job(
         job = Job(
             guild_id=guild_id, channel_id=channel_id, user_id=user_id, interaction_id=interaction_id,
             interaction_token=interaction_token, application_id=application_id, **_param_columns(params),
-            status="queued", parent_job_id=parent_job_id, queued_at=now, prompt_truncated=False,
+            status="queued", parent_job_id=parent_job_id, parent_image_index=parent_image_index,
+            init_image_path=init_image_path, queued_at=now, prompt_truncated=False,
         )
         session.add(job)
         await session.flush()
@@ -468,9 +471,23 @@ async def images_of_jobs(db: Database, job_ids: Sequence[int]) -> list[ImageReco
 
 
 async def all_image_paths(db: Database) -> set[str]:
-    """Every path a row names (pruned or not): a file on disk not in here is an orphan."""
+    """Every path a row names (images, pruned or not, and jobs' starting images): a file on disk not in here is an
+    orphan."""
     async with db.session() as session:
-        return set(await session.scalars(select(Image.path)))
+        inputs = select(Job.init_image_path).where(Job.init_image_path.is_not(None))
+        return set(await session.scalars(select(Image.path))) | set(await session.scalars(inputs))
+
+
+async def stale_input_paths(db: Database, prefix: str, *, older_than: datetime) -> list[str]:
+    """Uploaded starting images (paths under ``prefix``) that only jobs queued before ``older_than`` name, none of
+    them still queued or running: their files may go (an upload is stored once for every job that uses it)."""
+    async with db.session() as session:
+        unfinished = select(Job.init_image_path).where(Job.status.in_(UNFINISHED), Job.init_image_path.is_not(None))
+        stmt = (select(Job.init_image_path).where(Job.init_image_path.startswith(prefix, autoescape=True),
+                                                  Job.init_image_path.not_in(unfinished))
+                .group_by(Job.init_image_path).having(func.max(Job.queued_at) < older_than)
+                .order_by(Job.init_image_path))
+        return [path for path in await session.scalars(stmt) if path is not None]
 
 
 async def mark_images_pruned(db: Database, image_ids: Sequence[int]) -> int:
@@ -528,12 +545,12 @@ def guild_record(row: GuildSettings | None, guild_id: int) -> GuildSettingsRecor
     if row is None:
         return GuildSettingsRecord(guild_id=guild_id, blocked_terms=(), nsfw_policy=None, images_per_window=None,
                                    window_seconds=None, max_queued_per_user=None, contest_channel_id=None,
-                                   default_filter_rules=None)
+                                   default_filter_rules=None, default_model=None)
     return GuildSettingsRecord(
         guild_id=row.guild_id, blocked_terms=tuple(row.blocked_terms or ()), nsfw_policy=row.nsfw_policy,
         images_per_window=row.images_per_window, window_seconds=row.window_seconds,
         max_queued_per_user=row.max_queued_per_user, contest_channel_id=row.contest_channel_id,
-        default_filter_rules=row.default_filter_rules,
+        default_filter_rules=row.default_filter_rules, default_model=row.default_model,
     )
 
 
@@ -555,6 +572,7 @@ async def update_guild_settings(
     max_queued_per_user: int | None = UNSET,
     contest_channel_id: int | None = UNSET,
     default_filter_rules: bool | None = UNSET,
+    default_model: str | None = UNSET,
 ) -> GuildSettingsRecord:
     """Change what is given (``None`` clears an override); blocked terms are trimmed, de-duplicated, sorted."""
     async with db.session(write=True) as session:
@@ -574,7 +592,7 @@ async def update_guild_settings(
         for name, value in (("nsfw_policy", nsfw_policy), ("images_per_window", images_per_window),
                             ("window_seconds", window_seconds), ("max_queued_per_user", max_queued_per_user),
                             ("contest_channel_id", contest_channel_id),
-                            ("default_filter_rules", default_filter_rules)):
+                            ("default_filter_rules", default_filter_rules), ("default_model", default_model)):
             if value is not UNSET:
                 setattr(row, name, value)
         row.updated_at = utcnow()

@@ -63,6 +63,8 @@ def settings_summary(record: GuildSettingsRecord, settings: Any, host: Limits) -
         f"Window (seconds): {show(record.window_seconds, effective.window_seconds, host.window_seconds)}",
         "Jobs waiting per member: "
         f"{show(record.max_queued_per_user, effective.max_queued_per_user, host.max_queued_per_user)}",
+        "Model: " + (f"**{record.default_model}**" if record.default_model
+                     else f"{settings.generation.default_model_name} (config default)"),
     ]
     return "\n".join(lines)
 
@@ -157,6 +159,28 @@ class Admin(commands.Cog):
         log.info("shipped content rules switched", extra={"guild": interaction.guild_id, "to": apply})
         await self._reply(interaction, f"The shipped content rules are now **{effective}** on this server"
                           + (" (the bot's default)." if value is None else "."))
+
+    @settings_group.command(name="model", description="The model /imagine uses here when none is chosen")
+    @app_commands.check(admin_check)
+    @app_commands.describe(name="a configured model, or 'default' for the bot's default")
+    async def model(self, interaction: discord.Interaction, name: app_commands.Range[str, 1, 64]) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        generation = self.services.settings.generation
+        names = list(generation.model_sources())
+        if name != "default" and name not in names:
+            await self._reply(interaction, f"There is no model called `{name}` on this bot; choose one of: "
+                              f"{', '.join(names)} (or `default`).")
+            return
+        value = None if name == "default" else name
+        await repository.update_guild_settings(self.services.db, interaction.guild_id, default_model=value)
+        log.info("server default model set", extra={"guild": interaction.guild_id, "to": value})
+        await self._reply(interaction, f"/imagine now uses **{value or generation.default_model_name}** on this "
+                          "server when no model is chosen" + (" (the bot's default)." if value is None else "."))
+
+    @model.autocomplete("name")
+    async def _model_names(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        names = ["default", *self.services.settings.generation.model_sources()]
+        return [app_commands.Choice(name=n, value=n) for n in names if current.lower() in n.lower()][:25]
 
     @settings_group.command(name="limits", description="Tighten the rate limits for this server")
     @app_commands.check(admin_check)

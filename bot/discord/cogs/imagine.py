@@ -1,4 +1,5 @@
-"""/imagine and the 🔄 Rerun button: record, acknowledge at once, run the gate, then hand the job to delivery.
+"""/imagine and the result buttons that make new jobs (🔄 Rerun, Upscale, Vary): record, acknowledge at
+once, run the gate, then hand the job to delivery.
 
 Acknowledged means durable: the command is written to the inbox (one INSERT) before the interaction is
 deferred, so a process killed after "thinking…" and before the journal still has it; the next start replays it
@@ -6,9 +7,9 @@ deferred, so a process killed after "thinking…" and before the journal still h
 answered.
 
 The command class is built by :func:`make_imagine_cog` from the config so the Discord-side bounds
-(``app_commands.Range``: steps, size, ...) are the configured ones: Discord refuses out-of-range values before
-they reach us, and :func:`generation.request.validate_request` still checks everything behind it.
-(No ``from __future__ import annotations`` here: the Range bounds must be evaluated inside the factory.)
+(``app_commands.Range``: steps, size, ...) and choices (models, styles) are the configured ones: Discord refuses
+out-of-range values before they reach us, and :func:`generation.request.validate_request` still checks everything
+behind it. (No ``from __future__ import annotations`` here: the Range bounds must be evaluated inside the factory.)
 """
 
 import asyncio
@@ -20,9 +21,23 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord.replay import rerun_refusal
-from bot.gate.submission import Accepted, Options, Origin, Refusal, submit
+from bot.discord.replies import answer
+from bot.discord.uploads import read_attachment
+from bot.gate.aspect import ASPECT_PRESETS
+from bot.gate.refusals import refusal_message
+from bot.gate.submission import Accepted, Derivation, Options, Origin, Refusal, submit
 from bot.storage import inbox, repository
-from generation.request import MAX_COUNT, MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SEED, MIN_GUIDANCE
+from bot.storage.records import JobRecord
+from generation.request import (
+    MAX_COUNT,
+    MAX_GUIDANCE,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    MAX_STRENGTH,
+    MIN_GUIDANCE,
+    MIN_STRENGTH,
+    RequestError,
+)
 from generation.settings import GenerationSettings
 
 log = logging.getLogger(__name__)
@@ -39,8 +54,13 @@ def scheduler_choices() -> list[app_commands.Choice[str]]:
     return [app_commands.Choice(name=SAMPLER_LABELS.get(n, n), value=n) for n in SCHEDULER_NAMES][:25]
 
 
+def named_choices(names: Any) -> list[app_commands.Choice[str]]:
+    """Configured names (models, styles) as slash-command choices (Discord shows at most 25)."""
+    return [app_commands.Choice(name=name, value=name) for name in list(names)[:25]]
+
+
 def origin_of(interaction: discord.Interaction, *, parent_job_id: int | None = None,
-              source: str = "imagine") -> Origin:
+              parent_image_index: int | None = None, source: str = "imagine") -> Origin:
     """Ids only (no Discord objects) for the submission gate; the token lets delivery post the followup."""
     roles = getattr(interaction.user, "roles", None) or ()
     return Origin(
@@ -52,6 +72,7 @@ def origin_of(interaction: discord.Interaction, *, parent_job_id: int | None = N
         interaction_token=interaction.token,
         application_id=interaction.application_id,
         parent_job_id=parent_job_id,
+        parent_image_index=parent_image_index,
         source=source,
     )
 
@@ -92,12 +113,13 @@ class ImagineBase(commands.Cog, name="Imagine"):
         await write
         return True
 
-    async def start(self, interaction: discord.Interaction, options: Options, *,
-                    parent_job_id: int | None = None, source: str = "imagine") -> Accepted | Refusal:
+    async def start(self, interaction: discord.Interaction, options: Options, *, parent_job_id: int | None = None,
+                    parent_image_index: int | None = None, source: str = "imagine") -> Accepted | Refusal:
         """Gate and queue; the deferred ephemeral response shows a refusal, or position then progress."""
+        origin = origin_of(interaction, parent_job_id=parent_job_id, parent_image_index=parent_image_index,
+                           source=source)
         try:
-            outcome = await submit(self.services.gate, options, origin_of(interaction, parent_job_id=parent_job_id,
-                                                                      source=source))
+            outcome = await submit(self.services.gate, options, origin)
         except Exception:
             await self._forget(interaction.id)  # the error handler answers the member: nothing to replay
             raise
@@ -139,11 +161,38 @@ class ImagineBase(commands.Cog, name="Imagine"):
             return
         await self.start(interaction, Options.rerun_of(job), parent_job_id=job.id, source="rerun_button")
 
+    async def derive_from_button(self, interaction: discord.Interaction, job: JobRecord, index: int,
+                                 derive: Derivation) -> None:
+        """Upscale / Vary image ``index`` of ``job``: a child job from that image's stored PNG."""
+        if interaction.guild_id is not None and job.guild_id not in (None, interaction.guild_id):
+            await answer(interaction, "That job belongs to another server.")
+            return
+        if not interaction.response.is_done():
+            await interaction.response.defer(ephemeral=True, thinking=True)
+        images = {image.index: image for image in await repository.images_for_job(self.services.db, job.id)}
+        image = images.get(index)
+        if index >= job.params.count or (image is None and job.status == "done"):
+            await answer(interaction, f"Job {job.id} has no image {index + 1}.")
+            return
+        if image is None or image.pruned:
+            await answer(interaction, f"Image {index + 1} of job {job.id} is no longer stored (old images are "
+                                      "removed after a while), so it cannot be upscaled or varied; run the prompt "
+                                      "again instead.")
+            return
+        source = "upscale_button" if derive == "upscale" else "vary_button"
+        await self.start(interaction, Options.derived_from(job, index, image.path, derive), parent_job_id=job.id,
+                         parent_image_index=index, source=source)
+
 
 def make_imagine_cog(settings: GenerationSettings) -> type[ImagineBase]:
-    """The cog class with /imagine whose option bounds are the configured ones."""
+    """The cog class with /imagine whose option bounds and choices are the configured ones."""
     max_steps, min_size, max_size = settings.max_steps, settings.min_size, settings.max_size
-    choices = scheduler_choices()
+    choices: dict[str, list[app_commands.Choice[str]]] = {
+        "scheduler": scheduler_choices(), "aspect": named_choices(ASPECT_PRESETS),
+        "model": named_choices(settings.model_sources())}
+    if settings.styles:  # Discord refuses an empty list of choices: no styles, a free text Discord will not check
+        choices["style"] = named_choices(settings.styles)
+    styles = ", ".join(settings.styles) or "none are configured on this bot"
 
     class Imagine(ImagineBase, name="Imagine"):
         @app_commands.command(name="imagine", description="Generate images from a text prompt")
@@ -158,8 +207,14 @@ def make_imagine_cog(settings: GenerationSettings) -> type[ImagineBase]:
             height=f"multiple of 8 (default {settings.default_height})",
             count="how many images (seeds seed, seed+1, ...)",
             scheduler=f"sampler (default {settings.default_scheduler})",
+            image="a PNG, JPEG or WebP picture to start from (img2img)",
+            strength=f"with image: how much to change it, {MIN_STRENGTH:g} (keep) to {MAX_STRENGTH:g} (replace); "
+                     f"default {settings.default_strength:g}",
+            aspect="width:height at the usual pixel count, instead of width and height",
+            model=f"which model (default {settings.default_model_name}, or the server's choice)"[:100],
+            style=f"a prompt style: {styles}"[:100],
         )
-        @app_commands.choices(scheduler=choices)
+        @app_commands.choices(**choices)
         async def imagine(
             self,
             interaction: discord.Interaction,
@@ -171,16 +226,34 @@ def make_imagine_cog(settings: GenerationSettings) -> type[ImagineBase]:
             width: app_commands.Range[int, min_size, max_size] | None = None,
             height: app_commands.Range[int, min_size, max_size] | None = None,
             count: app_commands.Range[int, 1, MAX_COUNT] = 1,
-            scheduler: app_commands.Choice[str] | None = None,
+            scheduler: str | None = None,
+            image: discord.Attachment | None = None,
+            strength: app_commands.Range[float, MIN_STRENGTH, MAX_STRENGTH] | None = None,
+            aspect: str | None = None,
+            model: str | None = None,
+            style: str | None = None,
         ) -> None:
-            options = Options.of(
-                prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps, guidance=guidance,
-                width=width, height=height, count=count, scheduler=scheduler.value if scheduler else None,
-            )
-            # First, always: recorded, then acknowledged within Discord's 3 s whatever the queue does.
-            if await self.acknowledge(interaction, dict(options.values)):
-                self.services.metrics.acknowledged(interaction.created_at)
-                await self.start(interaction, options)
+            typed = {"prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "steps": steps,
+                     "guidance": guidance, "width": width, "height": height, "count": count, "scheduler": scheduler,
+                     "strength": strength, "aspect": aspect, "model": model, "style": style}
+            recorded = {name: value for name, value in typed.items() if value is not None}
+            if image is not None:  # the bytes are not recorded: a replay says so instead of running without them
+                recorded["image"] = image.filename
+            # First, always: recorded, then acknowledged within Discord's 3 s whatever the queue or an upload does.
+            if not await self.acknowledge(interaction, recorded):
+                return
+            self.services.metrics.acknowledged(interaction.created_at)
+            init_image = None
+            if image is not None:
+                try:
+                    init_image = (await read_attachment(image, self.services.settings.input_images,
+                                                        self.services.settings.generation)).png
+                except RequestError as exc:
+                    await self._edit(interaction, refusal_message("invalid", message=exc.message))
+                    await self._forget(interaction.id)
+                    return
+            options = Options.typed_by_member(init_image=init_image, **typed)
+            await self.start(interaction, options)
 
     return Imagine
 

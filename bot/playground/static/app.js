@@ -715,19 +715,35 @@ function switchMember(id) {
   render();
 }
 
-function imagineOptions() {
+const IMAGINE_FIELDS = ["negative_prompt", "seed", "steps", "width", "height", "count", "guidance", "scheduler",
+  "aspect", "model", "style", "strength"];
+const CHOICE_FIELDS = ["scheduler", "aspect", "model", "style"];
+
+function fileBase64(file) {
+  // An attachment travels to /api/command as base64 (the page's API is JSON), like a client's upload.
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(String(reader.result).split(",", 2)[1] || "");
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+}
+
+async function imagineOptions() {
   const options = { prompt: $("imagine-prompt").value.trim() };
-  for (const name of ["negative_prompt", "seed", "steps", "width", "height", "count", "guidance", "scheduler"]) {
+  for (const name of IMAGINE_FIELDS) {
     const input = $(`opt-${name}`);
     const value = input.value.trim();
     if (value !== "" && value !== input.dataset.default) options[name] = value;
   }
+  const file = $("opt-image").files[0];
+  if (file) options.image = { filename: file.name, data: await fileBase64(file) };
   return options;
 }
 
 async function submitImagine(event) {
   event.preventDefault();
-  const options = imagineOptions();
+  const options = await imagineOptions();
   if (!options.prompt) { showError("Type a prompt first."); return; }
   const button = $("imagine-submit");
   button.disabled = true;
@@ -779,10 +795,15 @@ function fillImagineDefaults() {
     if (option.max_value !== undefined && option.max_value !== null) input.max = option.max_value;
     if (option.max_length) input.maxLength = option.max_length;
   }
-  const scheduler = imagine && (imagine.options || []).find((o) => o.name === "scheduler");
-  const select = $("opt-scheduler");
-  if (scheduler && select.options.length <= 1) {
-    for (const choice of scheduler.choices || []) select.append(el("option", { value: choice.value }, choice.name));
+  for (const name of CHOICE_FIELDS) {
+    // The synced choices (samplers, aspect presets, the configured models and styles); none: the field hides.
+    const option = imagine && (imagine.options || []).find((o) => o.name === name);
+    const select = $(`opt-${name}`);
+    const choices = (option && option.choices) || [];
+    select.closest("label").hidden = !choices.length;
+    if (select.options.length <= 1) {
+      for (const choice of choices) select.append(el("option", { value: choice.value }, choice.name));
+    }
   }
 }
 

@@ -6,25 +6,30 @@ The generation worker is real but not started, so accepted jobs simply stay queu
 from __future__ import annotations
 
 import dataclasses
+import io
 import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from bot.config import settings_from_mapping
 from bot.contests.service import ContestService
 from bot.gate.content_filter import ContentFilter
 from bot.gate.rate_limits import RateLimiter
-from bot.gate.submission import Accepted, Options, Origin, Refusal, submit
+from bot.gate.submission import Accepted, Gate, Options, Origin, Refusal, submit
 from bot.journal.job_journal import JobJournal
 from bot.services import ModelInfo, Services
 from bot.storage import repository
 from bot.storage.db import Database
-from bot.storage.records import GuildSettingsRecord
+from bot.storage.images import save_image
+from bot.storage.records import GuildSettingsRecord, JobRecord
 from bot.timers.timers import Timers
+from generation.settings import GenerationSettings
 from generation.worker import GenerationWorker
+from tests.helpers import new_job
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -214,3 +219,118 @@ async def test_refusals_are_counted_by_kind_with_the_images_asked_for(services: 
     assert isinstance(full, Refusal) and full.kind == "queue_full"
     assert (refusals("invalid"), refusals("filtered"), refusals("rate_limited"), refusals("queue_full")) == (1, 1, 1, 1)
     assert images("refused") == 3 + 2 + 1  # the invalid request asked for nothing that could be counted
+
+
+def png(size: tuple[int, int] = (256, 256), colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+async def _finished_parent(services: Services, count: int = 2, prompt: str = "a blue teapot") -> JobRecord:
+    """A done job with ``count`` stored 256x256 images, as the journal leaves one."""
+    parent = await new_job(services.db, guild_id=10, channel_id=20, user_id=30, prompt=prompt, seed=100,
+                           count=count, width=256, height=256, steps=20)
+    for index in range(count):
+        stored = await save_image(services.images_dir, parent.id, index, png(colour=(index * 90, 30, 30)))
+        await repository.add_image(services.db, parent.id, index=index, seed=100 + index, path=stored.path,
+                                   sha256=stored.sha256, size_bytes=stored.size_bytes, width=256, height=256)
+    return await repository.mark_done(services.db, parent.id)
+
+
+async def test_upscale_and_variation_start_from_the_parents_stored_image(services: Services) -> None:
+    parent = await _finished_parent(services)
+    image = (await repository.images_for_job(services.db, parent.id))[1]
+    origin = dataclasses.replace(ORIGIN, parent_job_id=parent.id, parent_image_index=1, source="upscale_button")
+
+    upscale = await submit(services.gate, Options.derived_from(parent, 1, image.path, "upscale"), origin)
+    assert isinstance(upscale, Accepted)
+    child = upscale.job
+    assert (child.parent_job_id, child.parent_image_index, child.init_image_path) == (parent.id, 1, image.path)
+    assert (child.params.width, child.params.height, child.params.count) == (512, 512, 1)  # 2x
+    assert (child.params.upscale, child.params.strength) == (2.0, 0.35)
+    assert child.params.seed == child.params.parent_seed == 101  # image 1's own seed, same prompt
+    assert child.params.prompt == parent.params.prompt
+    assert upscale.handle.request.init_image == (services.images_dir / image.path).read_bytes()
+    assert not (services.images_dir / "inputs").exists()  # the parent's file is named, not copied
+
+    vary = await submit(services.gate, Options.derived_from(parent, 1, image.path, "vary_strong"),
+                        dataclasses.replace(origin, source="vary_button"))
+    assert isinstance(vary, Accepted)
+    assert (vary.job.params.strength, vary.job.params.parent_seed, vary.job.params.width) == (0.75, 101, 256)
+    assert vary.job.params.upscale is None
+    assert (await services.rate_limiter.usage(10, 30)).used == 2  # one image each
+
+
+async def test_derived_jobs_pass_the_same_filter(services: Services) -> None:
+    parent = await _finished_parent(services, count=1, prompt="a teapot with forbidden words")
+    [image] = await repository.images_for_job(services.db, parent.id)
+    await repository.add_blocked_terms(services.db, 10, ["teapot"])
+    outcome = await submit(services.gate, Options.derived_from(parent, 0, image.path, "vary_subtle"),
+                           dataclasses.replace(ORIGIN, parent_job_id=parent.id, source="vary_button"))
+    assert isinstance(outcome, Refusal) and outcome.kind == "filtered"
+    [event] = await repository.moderation_events(services.db, 10)
+    assert event.source == "vary_button"
+
+
+async def test_a_gone_parent_image_is_refused_with_a_sentence(services: Services) -> None:
+    parent = await _finished_parent(services, count=1)
+    [image] = await repository.images_for_job(services.db, parent.id)
+    (services.images_dir / image.path).unlink()
+    outcome = await submit(services.gate, Options.derived_from(parent, 0, image.path, "upscale"), ORIGIN)
+    assert isinstance(outcome, Refusal) and outcome.kind == "invalid"
+    assert "no longer stored" in outcome.message
+    assert await repository.jobs_for_user(services.db, 10, 30) == [parent]
+
+
+async def test_an_upload_is_stored_and_a_rerun_starts_from_it_again(services: Services) -> None:
+    upload = png((320, 256))
+    first = await submit(services.gate, Options.typed_by_member(init_image=upload, prompt="a fox", strength=0.6),
+                         ORIGIN)
+    assert isinstance(first, Accepted)
+    assert first.job.init_image_path is not None and first.job.init_image_path.startswith("inputs/")
+    assert (first.job.params.strength, first.job.params.width, first.job.params.height) == (0.6, 320, 256)
+    rerun = await submit(services.gate, Options.rerun_of(first.job), dataclasses.replace(ORIGIN, source="reaction"))
+    assert isinstance(rerun, Accepted)
+    assert rerun.handle.request.init_image == upload and rerun.job.init_image_path == first.job.init_image_path
+    (services.images_dir / first.job.init_image_path).unlink()
+    gone = await submit(services.gate, Options.rerun_of(first.job), ORIGIN)
+    assert isinstance(gone, Refusal) and "starting image of that job is no longer stored" in gone.message
+
+
+async def test_typed_options_read_the_prompts_flags_and_the_aspect(services: Services) -> None:
+    typed = await submit(services.gate, Options.typed_by_member(prompt="a fox --ar 16:9 --no trees --seed 9",
+                                                                negative_prompt="blurry"), ORIGIN)
+    assert isinstance(typed, Accepted)
+    params = typed.job.params
+    assert (params.prompt, params.negative_prompt, params.seed) == ("a fox", "blurry, trees", 9)
+    assert (params.width, params.height) == (704, 384)
+    refused = await submit(services.gate, Options.typed_by_member(prompt="a fox --chaos 20"), ORIGIN)
+    assert isinstance(refused, Refusal) and refused.kind == "invalid"
+    assert "--chaos is not understood here" in refused.message
+    both = await submit(services.gate, Options.typed_by_member(prompt="a fox", aspect="4:3", width=512), ORIGIN)
+    assert isinstance(both, Refusal) and "either an aspect ratio or width/height" in both.message
+
+
+async def test_stored_parameters_are_never_read_as_flags(services: Services) -> None:
+    outcome = await submit(services.gate, Options.of(prompt="a fox --chaos 20"), ORIGIN)  # a rerun's prompt
+    assert isinstance(outcome, Accepted) and outcome.job.params.prompt == "a fox --chaos 20"
+
+
+async def test_a_servers_default_model_applies_when_none_is_chosen(services: Services, tmp_path: Path) -> None:
+    settings = GenerationSettings(models={"tiny": "tiny", "other": "tiny"}, max_steps=30)
+    worker = GenerationWorker(NeverRuns(), queue_size=10, max_batch_size=4)
+    gate = Gate(settings, services.db, services.content_filter, services.rate_limiter,
+                JobJournal(services.db, worker, tmp_path / "images", "tiny"))
+    await repository.update_guild_settings(services.db, 10, default_model="other")
+
+    async def model_of(options: Options, guild_id: int = 10) -> str:
+        outcome = await submit(gate, options, dataclasses.replace(ORIGIN, guild_id=guild_id))
+        assert isinstance(outcome, Accepted), outcome
+        return outcome.job.params.model
+
+    assert await model_of(Options.typed_by_member(prompt="a fox")) == "other"
+    assert await model_of(Options.typed_by_member(prompt="a fox", model="tiny")) == "tiny"  # chosen wins
+    assert await model_of(Options.typed_by_member(prompt="a fox"), guild_id=11) == "tiny"  # the bot's default
+    await repository.update_guild_settings(services.db, 10, default_model="removed since")
+    assert await model_of(Options.typed_by_member(prompt="a fox")) == "tiny"

@@ -439,3 +439,51 @@ async def test_disk_full_for_the_database_too_member_told_at_once_failure_record
         finally:
             await journal.close()
             await database.close()
+
+
+def img2img_request(start: bytes, seed: int = 7) -> GenerationRequest:
+    return GenerationRequest(params(prompt="a cat", seed=seed, count=1, strength=0.5), requester_id="30",
+                             init_image=start)
+
+
+async def test_an_uploaded_starting_image_is_stored_first_and_survives_a_restart(
+        db: Database, worker: FakeWorker, tmp_path: Path) -> None:
+    """The journal keeps an upload on disk (content-named) and a restart rebuilds the request with its bytes."""
+    journal = JobJournal(db, worker, tmp_path / "images", "tiny")
+    upload = b"\x89PNG an uploaded picture"
+    job, handle = await journal.accept(img2img_request(upload), **ORIGIN)
+    assert job.init_image_path == f"inputs/{hashlib.sha256(upload).hexdigest()[:2]}/" \
+                                  f"{hashlib.sha256(upload).hexdigest()}.png"
+    assert (tmp_path / "images" / job.init_image_path).read_bytes() == upload
+    assert handle.request.init_image == upload
+    again, _ = await journal.accept(img2img_request(upload, seed=8), **ORIGIN)
+    assert again.init_image_path == job.init_image_path  # the same picture is stored once
+
+    # A new process: nothing followed, both jobs still queued in the journal.
+    restarted = JobJournal(db, FakeWorker(tmp_path / "journal.db"), tmp_path / "images", "tiny")
+    recovered = await restarted.recover()
+    assert [(j.id, h.request.init_image) for j, h in recovered] == [(job.id, upload), (again.id, upload)]
+    assert recovered[0][1].request == request_of(job, upload)
+    for journal_, ids in ((journal, (job.id, again.id)), (restarted, (job.id, again.id))):
+        for job_id in ids:
+            journal_.worker.finish(job_id)
+        await journal_.wait_idle()
+
+
+async def test_a_stored_parent_image_is_named_not_copied_and_a_lost_one_is_recovered_without_bytes(
+        db: Database, worker: FakeWorker, tmp_path: Path) -> None:
+    journal = JobJournal(db, worker, tmp_path / "images", "tiny")
+    parent_png = tmp_path / "images" / "0000" / "5-1.png"
+    parent_png.parent.mkdir(parents=True)
+    parent_png.write_bytes(b"\x89PNG the parent")
+    job, _ = await journal.accept(img2img_request(parent_png.read_bytes()), **ORIGIN, parent_job_id=None,
+                                  parent_image_index=1, init_image_path="0000/5-1.png")
+    assert (job.init_image_path, job.parent_image_index) == ("0000/5-1.png", 1)
+    assert not (tmp_path / "images" / "inputs").exists()
+    parent_png.unlink()  # pruned while the bot was down
+    restarted = JobJournal(db, FakeWorker(tmp_path / "journal.db"), tmp_path / "images", "tiny")
+    [(recovered, handle)] = await restarted.recover()
+    assert recovered.id == job.id and handle.request.init_image is None  # the engine refuses it with a sentence
+    for journal_ in (journal, restarted):
+        journal_.worker.finish(job.id)
+        await journal_.wait_idle()

@@ -1,5 +1,6 @@
 """The playground in a REAL headless browser (Debian's Chromium through Playwright): type a prompt, submit
-/imagine, see the acknowledgement only the member can see, the image load, then 🔄 for a second image.
+/imagine, see the acknowledgement only the member can see, the image load, then 🔄 for a second image, the
+Upscale button for a bigger one, and an uploaded picture to start from.
 
 The bot is the real one, connected to the local Discord server; the page talks to it over HTTP and a
 WebSocket. A screenshot is saved to ``$IMAGINE_ARTIFACTS_DIR`` (else a pytest temp dir) and its path printed.
@@ -7,6 +8,7 @@ WebSocket. A screenshot is saved to ``$IMAGINE_ARTIFACTS_DIR`` (else a pytest te
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import tempfile
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from bot.config import settings_from_mapping
 from bot.playground import start_playground
@@ -33,6 +36,14 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 PUBLIC_IMAGES = ".message[data-ephemeral='0'] img.attachment-img"
 LOADED_IMAGES_AT_LEAST = f"""(n) => [...document.querySelectorAll("{PUBLIC_IMAGES}")]
     .filter((img) => img.complete && img.naturalWidth > 0).length >= n"""
+
+
+def start_png() -> bytes:
+    """A picture to upload: a gradient, so it is not blank."""
+    image = Image.linear_gradient("L").resize((320, 192)).convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def artifacts_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -87,6 +98,22 @@ async def test_imagine_then_rerun_in_a_real_browser(tmp_path: Path, tmp_path_fac
                 await page.wait_for_function(LOADED_IMAGES_AT_LEAST, arg=2, timeout=60_000)
                 widths = await page.eval_on_selector_all(PUBLIC_IMAGES, "imgs => imgs.map((i) => i.naturalWidth)")
                 assert len(widths) >= 2 and all(w == 256 for w in widths)
+
+                # The result's buttons render and click: Upscale gives the image at twice the size.
+                await result.locator("button.btn", has_text="Upscale").click()
+                await page.wait_for_function(LOADED_IMAGES_AT_LEAST, arg=3, timeout=60_000)
+                widths = await page.eval_on_selector_all(PUBLIC_IMAGES, "imgs => imgs.map((i) => i.naturalWidth)")
+                assert 512 in widths
+
+                # A picture to start from, through the form's file picker, with a strength (img2img).
+                await page.set_input_files("#opt-image", files=[{"name": "start.png", "mimeType": "image/png",
+                                                                 "buffer": start_png()}])
+                await page.fill("#opt-strength", "0.5")
+                await page.click("#imagine-submit")
+                await page.wait_for_function(LOADED_IMAGES_AT_LEAST, arg=4, timeout=60_000)
+                newest = page.locator(".message[data-ephemeral='0']", has=page.locator("img.attachment-img")).last
+                assert "Strength" in await newest.inner_text() and "0.5" in await newest.inner_text()
+                await page.set_input_files("#opt-image", files=[])
 
                 await page.click("#options-toggle")  # fold the options: more of the channel in the picture
                 await page.mouse.move(700, 20)  # no hover toolbar in the picture

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
-from bot.localdiscord.models import BOOLEAN, CHANNEL, INTEGER, NUMBER, STRING, SUB_COMMAND
-from bot.playground.commands import CommandTextError, parse_command_text
+from bot.localdiscord.models import ATTACHMENT, BOOLEAN, CHANNEL, INTEGER, NUMBER, STRING, SUB_COMMAND
+from bot.playground.commands import CommandTextError, coerce_options, leaf_options, parse_command_text
 
 COMMANDS = [
     {"name": "imagine", "type": 1, "options": [
@@ -16,6 +18,7 @@ COMMANDS = [
         {"name": "guidance", "type": NUMBER},
         {"name": "scheduler", "type": STRING, "choices": [{"name": "Euler a", "value": "euler_a"},
                                                           {"name": "DPM++ 2M", "value": "dpmpp_2m"}]},
+        {"name": "image", "type": ATTACHMENT},
     ]},
     {"name": "queue", "type": 1},
     {"name": "contest", "type": 1, "options": [
@@ -75,3 +78,23 @@ def test_json_options() -> None:
 def test_errors_say_what_to_type(text: str, expected: str) -> None:
     with pytest.raises(CommandTextError, match=expected.replace("(", r"\(").replace("+", r"\+")):
         parse_command_text(text, COMMANDS)
+
+
+def test_a_file_from_the_page_becomes_an_attachment_option() -> None:
+    defs = leaf_options(COMMANDS[0], [])
+    data = b"\x89PNG\r\n\x1a\n some picture"
+    options = coerce_options({"prompt": "a fox", "image": {"filename": "in.png",
+                                                           "data": base64.b64encode(data).decode()}}, defs)
+    assert options == {"prompt": "a fox", "image": ("in.png", data)}
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("in.png", "attach a file"),
+    ({"filename": "in.png"}, "attach a file"),
+    ({"filename": "in.png", "data": "not base64!"}, "not base64"),
+])
+def test_a_bad_file_from_the_page_says_so(value: object, expected: str) -> None:
+    with pytest.raises(CommandTextError, match=expected):
+        coerce_options({"prompt": "a fox", "image": value}, leaf_options(COMMANDS[0], []))
+    with pytest.raises(CommandTextError, match="attach a file"):
+        parse_command_text("/imagine a fox image:in.png", COMMANDS)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from datetime import timedelta
 from pathlib import Path
@@ -13,10 +14,13 @@ from bot.storage.cli import parse_age
 from bot.storage.db import Database
 from bot.storage.images import (
     image_relpath,
+    input_relpath,
     prune,
     read_image,
+    read_stored,
     save_image,
     save_image_sync,
+    save_input,
     sweep_everything,
     sweep_orphans,
 )
@@ -157,3 +161,38 @@ def test_parse_age() -> None:
     for bad in ("", "30", "d", "30s", "0d", "-1d", "30d junk"):
         with pytest.raises(ValueError):
             parse_age(bad)
+
+
+async def _upload_job(db: Database, images_dir: Path, png: bytes, *, days_ago: float, status: str = "done") -> int:
+    stored = await save_input(images_dir, png)
+    job = await new_job(db, init_image_path=stored.path, strength=0.5)
+    async with db.session(write=True) as s:
+        await s.execute(update(Job).where(Job.id == job.id)
+                        .values(queued_at=utcnow() - timedelta(days=days_ago), status=status))
+    return job.id
+
+
+async def test_uploads_are_kept_by_the_sweep_and_pruned_when_no_recent_job_needs_them(
+        db: Database, tmp_path: Path) -> None:
+    images_dir = tmp_path / "images"
+    old, shared, running = b"\x89PNG old upload", b"\x89PNG used again lately", b"\x89PNG of a queued job"
+    await _upload_job(db, images_dir, old, days_ago=40)
+    await _upload_job(db, images_dir, shared, days_ago=40)
+    await _upload_job(db, images_dir, shared, days_ago=1)
+    await _upload_job(db, images_dir, running, days_ago=40, status="queued")
+    paths = {data: images_dir / input_relpath(hashlib.sha256(data).hexdigest()) for data in (old, shared, running)}
+
+    report = await sweep_orphans(db, images_dir)
+    assert report.orphan_files_removed == [] and all(path.exists() for path in paths.values())
+
+    pruned = await prune(db, images_dir, timedelta(days=30))
+    assert (pruned.files_deleted, pruned.bytes_freed) == (1, len(old))
+    assert not paths[old].exists() and paths[shared].exists() and paths[running].exists()
+    assert await read_stored(images_dir, input_relpath(hashlib.sha256(shared).hexdigest())) == shared
+
+
+async def test_saving_the_same_upload_twice_at_once_keeps_one_whole_file(tmp_path: Path) -> None:
+    data = b"\x89PNG" + bytes(range(256)) * 400
+    first, second = await asyncio.gather(save_input(tmp_path, data), save_input(tmp_path, data))
+    assert first.path == second.path and first.absolute_path.read_bytes() == data
+    assert [p.name for p in first.absolute_path.parent.iterdir()] == [first.absolute_path.name]
