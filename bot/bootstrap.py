@@ -6,6 +6,7 @@ bot in-process with :func:`start_bot` and only change the config (a temporary da
 local Discord-compatible server's URLs).
 
 Slow or blocking start-up work stays off the event loop: migrations and the model load run in threads.
+With ``queue.backend: redis`` no model is loaded here: batches run on ``imagine-bot worker`` processes.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from bot.services import ModelInfo, Services
 from bot.storage.db import Database, upgrade_to_head
 from bot.storage.images import sweep_orphans
 from bot.timers.clock import Clock
+from generation.dispatch.redis_backend import RedisRunner
 from generation.engine import DiffusionEngine
-from generation.loading import LoadedModel, load_pipeline
+from generation.loading import LoadedModel, load_pipeline, model_display_name
 from generation.worker import GenerationWorker
 
 log = logging.getLogger(__name__)
@@ -65,23 +67,29 @@ async def build_services(settings: Settings, *, model: LoadedModel | None = None
         report = await sweep_orphans(db, images_dir)
         log.info("image store checked: %s", report)
 
-        if engine is None:
-            if model is None:
-                model = await asyncio.to_thread(load_pipeline, settings.generation)
-            engine = await asyncio.to_thread(DiffusionEngine, model, settings.generation)
-        info = model_info(model, engine)
-        if info.is_fallback:
-            log.warning("model fallback: %s", info.banner)
-        log.info("model ready", extra={"model": info.name, "device": info.device})
+        gen = settings.generation
+        runner: RedisRunner | None = None
+        if settings.queue.backend == "redis":  # the workers load the model; this process needs no GPU
+            runner = RedisRunner(settings.queue, default_model=model_display_name(gen.model))
+            info = ModelInfo(name=runner.default_model, device="remote")
+            log.info("batches run on remote workers", extra={"model": info.name, "redis": runner.status()["redis_url"]})
+        else:
+            if engine is None:
+                if model is None:
+                    model = await asyncio.to_thread(load_pipeline, gen)
+                engine = await asyncio.to_thread(DiffusionEngine, model, gen)
+            info = model_info(model, engine)
+            if info.is_fallback:
+                log.warning("model fallback: %s", info.banner)
+            log.info("model ready", extra={"model": info.name, "device": info.device})
 
         safety_checker = None
-        if settings.generation.safety_checker:
-            safety_checker = await asyncio.to_thread(load_safety_checker, settings.generation.safety_checker,
-                                                     info.device)
+        if gen.safety_checker:  # checks the images this process posts: on the CPU when the workers are remote
+            safety_checker = await asyncio.to_thread(load_safety_checker, gen.safety_checker,
+                                                     "cpu" if runner is not None else info.device)
 
-        gen = settings.generation
-        worker = GenerationWorker(engine, queue_size=gen.queue_size, max_batch_size=gen.max_batch_size,
-                                  previews=gen.previews)
+        worker = GenerationWorker(engine if runner is None else None, queue_size=gen.queue_size,
+                                  max_batch_size=gen.max_batch_size, previews=gen.previews, runner=runner)
         await worker.start()
         journal = JobJournal(db, worker, images_dir, info.name)
         rate_limiter = RateLimiter(db, settings.rate_limits)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from generation.dispatch.settings import QueueSettings
 from generation.settings import GenerationSettings
 
 DISCORD_API = "https://discord.com/api/v10"
@@ -79,6 +80,9 @@ class Settings(_Section):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    # Where batches run: in this process (local) or on `imagine-bot worker` processes through Redis (redis);
+    # backend, redis_url, redis_prefix, lease_seconds, prefetch, max_attempts, max_result_mb (see QueueSettings).
+    queue: QueueSettings = Field(default_factory=QueueSettings)
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     content_filter: ContentFilterSettings = Field(default_factory=ContentFilterSettings)
     playground: PlaygroundSettings = Field(default_factory=PlaygroundSettings)

@@ -337,6 +337,16 @@ def _fallback_banner(model: str, reason: str) -> str:
             "local diffusers folder or .safetensors file (or a hub id with internet access) and restart.")
 
 
+def model_display_name(source: str) -> str:
+    """The name a model source is shown and recorded under (``tiny``, a hub id, or the file/folder name); a bot
+    with remote workers routes jobs by it without loading anything."""
+    if source == "tiny":
+        return "tiny"
+    if _HUB_ID.match(source) and not Path(source).exists():
+        return source
+    return Path(source).name or source
+
+
 def load_pipeline(settings: GenerationSettings) -> LoadedModel:
     """Load ``settings.model`` onto ``settings.device``; raise :class:`ModelLoadError`, or with
     ``fallback_to_tiny`` return ``tiny`` with ``is_fallback=True`` and a banner explaining why."""
@@ -346,10 +356,7 @@ def load_pipeline(settings: GenerationSettings) -> LoadedModel:
         log.info("loading model %r on %s as %s", settings.model, device, dtype)
         pipe = _load_pipeline(settings.model, settings, dtype)
         _place(pipe, settings, device)
-        name = "tiny" if settings.model == "tiny" else Path(settings.model).name or settings.model
-        if _HUB_ID.match(settings.model) and not Path(settings.model).exists():
-            name = settings.model
-        return LoadedModel(pipeline=pipe, name=name, device=device, dtype=dtype)
+        return LoadedModel(pipeline=pipe, name=model_display_name(settings.model), device=device, dtype=dtype)
     except Exception as exc:
         error = exc if isinstance(exc, ModelLoadError) else ModelLoadError(
             f"could not load {settings.model!r} ({type(exc).__name__}: {str(exc)[:300]}). {WHAT_TO_SET}")

@@ -39,6 +39,9 @@ class JobRecord:
     started_at: datetime | None
     finished_at: datetime | None
     prompt_truncated: bool = False
+    attempt: int = 0  # the latest attempt a remote worker claimed (0: none)
+    worker_id: str | None = None
+    lease_expires_at: datetime | None = None
 
     @property
     def worker_job_id(self) -> str:

@@ -74,7 +74,10 @@ class FakeWorker:
         self.handles: dict[str, FakeHandle] = {}
         self.status_at_submit: list[str | None] = []
 
-    def submit(self, req: GenerationRequest, *, job_id: str | None = None) -> FakeHandle:
+    def add_placement_listener(self, callback: Any) -> None:
+        self.placement_listener = callback
+
+    def submit(self, req: GenerationRequest, *, job_id: str | None = None, attempt: int = 0) -> FakeHandle:
         # The job must already be committed: read it with a separate, plain sqlite3 connection.
         with sqlite3.connect(self.db_path) as conn:
             row = conn.execute("SELECT status FROM jobs WHERE id = ?", (int(job_id or 0),)).fetchone()
