@@ -265,6 +265,7 @@ class JobJournal:
             try:
                 images = await self._store(job, outcome)
                 done = await repository.mark_done_fenced(self.db, job.id, attempt=outcome.attempt,
+                                                         worker_id=outcome.worker_id or None,
                                                          prompt_truncated=outcome.prompt_truncated)
                 if done is None:
                     log.warning("job %s was finished by another copy while its images were saved", job.id)

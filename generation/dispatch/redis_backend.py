@@ -119,6 +119,8 @@ class RedisRunner:
         self._closing = False
         self._stop = asyncio.Event()  # set by close(): every loop ends at its next check
         self.connected = asyncio.Event()  # set while healthy (tests and start-up wait on it)
+        self.launched_batches = 0  # batches formed by the fair queue and handed out (not counting re-posts)
+        self.launched_jobs = 0
 
     # --- BatchRunner ---------------------------------------------------------------------------------------
 
@@ -133,8 +135,10 @@ class RedisRunner:
     def status(self) -> dict[str, Any]:
         return {"backend": "redis", "healthy": self._healthy, "redis_url": self._safe_url(),
                 "workers": {w.worker_id: {"models": list(w.models), "device": w.device, "slots": w.slots,
-                                          "busy": self._busy(w.worker_id)} for w in self._workers.values()},
-                "outstanding_batches": len(self._batches), "last_error": self._last_error}
+                                          "busy": self._busy(w.worker_id), "host": w.host, "pid": w.pid}
+                            for w in self._workers.values()},
+                "outstanding_batches": len(self._batches), "launched_batches": self.launched_batches,
+                "launched_jobs": self.launched_jobs, "last_error": self._last_error}
 
     def batch_key(self, request: GenerationRequest) -> tuple | None:
         return wire.generic_batch_key(request, self.default_model)
@@ -160,6 +164,8 @@ class RedisRunner:
                        jobs={j.job_id: j for j in batch}, base_attempt=max(j.attempt for j in batch),
                        future=loop.create_future())
         self._batches[entry.batch_id] = entry
+        self.launched_batches += 1
+        self.launched_jobs += len(batch)
         self._spawn(self._post(entry))
         return entry.future
 

@@ -317,3 +317,28 @@ async def test_with_the_real_worker(db: Database, tmp_path: Path) -> None:
         assert record.status == "done" and record.started_at is not None
         images = await repo.images_for_job(db, job.id)
         assert [i.sha256 for i in images] == [hashlib.sha256(g.png).hexdigest() for g in result.images]
+
+
+async def test_a_result_of_an_older_attempt_is_not_recorded(db: Database, worker: FakeWorker,
+                                                            tmp_path: Path) -> None:
+    from generation.worker import Placement
+
+    journal = JobJournal(db, worker, tmp_path / "images", "tiny")
+    recorder = Recorder()
+    journal.add_listener(recorder)
+    job, _ = await journal.accept(request(), **ORIGIN)
+    worker.run(job.id)
+    worker.placement_listener(str(job.id), Placement(attempt=2, worker_id="gpu-b", lease_expires_at=2e9))
+
+    async def recorded() -> bool:
+        return (await repo.get_job(db, job.id)).attempt == 2
+
+    await eventually(recorded)
+    row = await repo.get_job(db, job.id)
+    assert row.worker_id == "gpu-b" and row.lease_expires_at is not None and row.lease_expires_at.year == 2033
+    handle = worker.handles[str(job.id)]
+    late = worker.finish(job.id)  # made by attempt 0 (the fake's default): older than the claim of attempt 2
+    assert late.attempt < 2 and handle.status == "done"
+    await journal.wait_idle()
+    assert (await repo.get_job(db, job.id)).status == "running"  # still waiting for attempt 2's result
+    assert await repo.images_for_job(db, job.id) == [] and recorder.calls == []
