@@ -6,6 +6,7 @@ bot in-process with :func:`start_bot` and only change the config (a temporary da
 local Discord-compatible server's URLs).
 
 Slow or blocking start-up work stays off the event loop: migrations and the model load run in threads.
+With ``queue.backend: redis`` no model is loaded here: batches run on ``imagine-bot worker`` processes.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from bot.storage.db import Database, upgrade_to_head
 from bot.storage.images import sweep_orphans
 from bot.storage.preflight import check_storage
 from bot.timers.timers import Timers
+from generation.dispatch.redis_backend import RedisRunner
 from generation.engine import DiffusionEngine
 from generation.loading import LoadedModel, load_pipeline
 from generation.safety import load_safety_checker
@@ -119,22 +121,30 @@ async def build_services(settings: Settings, *, model: LoadedModel | None = None
         log.info("image store checked: %d stray file(s) removed, %d missing file(s) marked",
                  len(report.orphan_files_removed), len(report.rows_marked_missing))
 
-        if engine is None:
-            if model is None:
-                model = await asyncio.to_thread(load_pipeline, settings.generation)
-            engine = await asyncio.to_thread(DiffusionEngine, model, settings.generation)
-        info = model_info(model, engine)
-        if info.is_fallback:
-            log.warning("model fallback: %s", info.banner)
-        log.info("model ready", extra={"model": info.name, "device": info.device})
+        gen = settings.generation
+        runner: RedisRunner | None = None
+        if settings.queue.backend == "redis":  # the workers load the model; this process needs no GPU
+            runner = RedisRunner(settings.queue, default_model=gen.default_model_name)
+            info = ModelInfo(name=runner.default_model, device="remote")
+            log.info("batches run on remote workers", extra={"model": info.name, "redis": runner.status()["redis_url"]})
+        else:
+            if engine is None:
+                if model is None:
+                    model = await asyncio.to_thread(load_pipeline, gen)
+                engine = await asyncio.to_thread(DiffusionEngine, model, gen)
+            info = model_info(model, engine)
+            if info.is_fallback:
+                log.warning("model fallback: %s", info.banner)
+            log.info("model ready", extra={"model": info.name, "device": info.device})
 
         safety_checker = None
-        if settings.generation.safety_checker:
-            safety_checker = await asyncio.to_thread(load_safety_checker, settings.generation.safety_checker,
-                                                     info.device)
+        if gen.safety_checker:  # checks the images this process posts: on the CPU when the workers are remote
+            safety_checker = await asyncio.to_thread(load_safety_checker, gen.safety_checker,
+                                                     "cpu" if runner is not None else info.device)
 
-        worker = GenerationWorker(engine, queue_size=gen.queue_size, max_batch_size=gen.max_batch_size,
-                                  previews=gen.previews, metrics=metrics.generation)
+        worker = GenerationWorker(engine if runner is None else None, queue_size=gen.queue_size,
+                                  max_batch_size=gen.max_batch_size, previews=gen.previews, runner=runner,
+                                  metrics=metrics.generation)
         await worker.start()
         health.add("database", lambda: database_ready(db))
         health.add("queue", local_queue_ready)

@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("generate", help="generate one image from the command line", add_help=False)
 
+    worker = sub.add_parser("worker", parents=[config],
+                            help="run generation batches for a bot whose queue.backend is redis")
+    worker.add_argument("--device", default=None,
+                        help="the GPU this worker uses, e.g. cuda:1 (default: generation.device)")
+
     db = sub.add_parser("db", parents=[config], help="database migrations and housekeeping")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     upgrade = db_sub.add_parser("upgrade", parents=[config], help="migrate to the newest revision")
@@ -130,6 +135,19 @@ def run_main(args: argparse.Namespace) -> int:
         raise
 
 
+def worker_main(args: argparse.Namespace) -> int:
+    """``imagine-bot worker``: one process per GPU serving the bot's batches through Redis (queue section)."""
+    try:
+        settings = _load(getattr(args, "config", "config.yaml"))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    _setup_logging(settings)
+    from generation.dispatch.remote_worker import worker_main as serve_batches  # torch loads here
+
+    return serve_batches(settings.generation, settings.queue, device=getattr(args, "device", None))
+
+
 def playground_main(args: argparse.Namespace) -> int:
     """``imagine-bot playground``: the local Discord-like server, the bot and its web page."""
     try:
@@ -154,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return db_main(args)
     if args.command == "run":
         return run_main(args)
+    if args.command == "worker":
+        return worker_main(args)
     return playground_main(args)
 
 

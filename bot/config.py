@@ -19,6 +19,7 @@ from pydantic_core import PydanticCustomError
 
 from bot.bounded_regex import RegexRuleError, compile_rule
 from bot.redaction import looks_secret, redact_token_shapes
+from generation.dispatch.settings import QueueSettings
 from generation.settings import GenerationSettings
 
 DISCORD_API = "https://discord.com/api/v10"
@@ -118,6 +119,9 @@ class Settings(_Section):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    # Where batches run: in this process (local) or on `imagine-bot worker` processes through Redis (redis);
+    # backend, redis_url, redis_prefix, lease_seconds, prefetch, max_attempts, max_result_mb (see QueueSettings).
+    queue: QueueSettings = Field(default_factory=QueueSettings)
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     content_filter: ContentFilterSettings = Field(default_factory=ContentFilterSettings)
     input_images: InputImageSettings = Field(default_factory=InputImageSettings)

@@ -10,6 +10,10 @@ Why it is shaped like this:
 * Requests whose ``engine.batch_key`` match are run in one pipeline call (up to ``max_batch_size`` images),
   which is much cheaper per image on a GPU.
 * A GPU out-of-memory error splits the batch in halves and retries; any other error fails only that batch.
+* Where a batch RUNS is a :class:`BatchRunner`: :class:`LocalRunner` (this process's pipeline thread, the
+  default) or a remote backend (:mod:`generation.dispatch.redis_backend`: worker processes on any host). The
+  queue binds late: a batch is taken from the fair queue only when the runner has room for it, so queued jobs
+  can still be cancelled, reordered and shown with their position whatever the number of workers.
 """
 
 from __future__ import annotations
@@ -83,6 +87,19 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Which attempt of a job runs where: a remote worker claimed it (the journal records it in the job row).
+
+    ``attempt`` grows each time the job is handed out again (a reclaim after a worker died, a re-dispatch after
+    Redis lost its data, a restart of the bot), so a late result of an older attempt can be told apart.
+    """
+
+    attempt: int
+    worker_id: str
+    lease_expires_at: float  # time.time() seconds: reclaimed by another worker after this unless extended
+
+
+@dataclass(frozen=True)
 class GeneratedImage:
     index: int
     seed: int
@@ -99,6 +116,8 @@ class GenerationResult:
     model_name: str
     elapsed_seconds: float
     prompt_truncated: bool
+    attempt: int = 0  # the attempt that produced it (see Placement); 0 for the local runner
+    worker_id: str = ""  # the remote worker that produced it; "" for the local runner
 
 
 class GenerationError(Exception):
@@ -142,9 +161,11 @@ class JobHandle:
     """The submitter's view of one job: await it for the result, iterate ``progress()``, or ``cancel()``."""
 
     def __init__(self, worker: GenerationWorker, job_id: str, request: GenerationRequest, seq: int,
-                 loop: asyncio.AbstractEventLoop) -> None:
+                 loop: asyncio.AbstractEventLoop, attempt: int = 0) -> None:
         self.job_id = job_id
         self.request = request
+        self.attempt = attempt  # attempts already made (a journalled job keeps counting across restarts)
+        self.placement: Placement | None = None  # set when a remote worker claims it
         self._worker = worker
         self._seq = seq
         self._status: JobStatus = "queued"
@@ -184,14 +205,21 @@ class JobHandle:
         """Queued: removed at once. Running: stopped at the next step (or its output dropped). False if finished."""
         return self._worker._cancel(self)
 
-    async def progress(self) -> AsyncIterator[Progress]:
-        """Progress events in order (old ones dropped for a slow reader); ends when the job ends."""
-        if self._future.done():
-            return
+    def progress(self) -> AsyncIterator[Progress]:
+        """Progress events in order (old ones dropped for a slow reader); ends when the job ends.
+
+        Subscribed when called, not when first iterated, so a caller that subscribes before the job starts
+        (a remote worker forwarding every step) misses nothing and gets previews from the first step."""
         sub = _Subscriber()
+        if self._future.done():
+            sub.close()
+            return self._iterate(sub)
         if self._latest is not None:
             sub.push(self._latest)
         self._subscribers.append(sub)
+        return self._iterate(sub)
+
+    async def _iterate(self, sub: _Subscriber) -> AsyncIterator[Progress]:
         try:
             while True:
                 while sub.items:
@@ -205,6 +233,13 @@ class JobHandle:
                 self._subscribers.remove(sub)
 
     # --- called on the loop by the worker -------------------------------------------------------------------
+
+    def _place(self, placement: Placement) -> None:
+        if self._future.done():
+            return
+        self.placement = placement
+        self.attempt = max(self.attempt, placement.attempt)
+        self._worker._notify_placement(self, placement)
 
     def _push_progress(self, item: Progress) -> None:
         if self._future.done():
@@ -228,12 +263,102 @@ class JobHandle:
 
 @dataclass
 class _Running:
-    """The batch on the pipeline thread now, with its live step (read by estimate_seconds)."""
+    """A batch handed to the runner and not settled yet (its live step is each job's latest progress)."""
 
     jobs: list[JobHandle]
-    step: int = 0
-    total: int = 0
     started: float = field(default_factory=time.monotonic)
+
+    @property
+    def done_fraction(self) -> float:
+        latest = self.jobs[0]._latest
+        return min(latest.step / latest.total, 1.0) if latest is not None and latest.total else 0.0
+
+
+Outcomes = dict[str, "GenerationResult | GenerationError"]
+PlacementListener = Callable[[str, Placement], None]
+
+
+class BatchRunner(Protocol):
+    """Where batches run; the worker keeps the order and only asks the runner for room and a run.
+
+    Contract: :meth:`launch` is synchronous and reserves the room at once (so the dispatcher never hands out
+    more than :meth:`has_room` allowed); the returned future resolves to one outcome per job id and never
+    raises. A runner calls ``worker.wake()`` when room appears. ``cancel_running`` is called on the loop
+    after the job's ``cancel_requested`` was set.
+    """
+
+    @property
+    def parallelism(self) -> int: ...
+
+    @property
+    def healthy(self) -> bool: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def batch_key(self, request: GenerationRequest) -> tuple | None: ...
+
+    def batch_limit(self, request: GenerationRequest) -> int: ...
+
+    def has_room(self, request: GenerationRequest) -> bool: ...
+
+    async def start(self, worker: GenerationWorker) -> None: ...
+
+    def launch(self, batch: list[JobHandle]) -> asyncio.Future[Outcomes]: ...
+
+    def cancel_running(self, job: JobHandle) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class LocalRunner:
+    """Batches run one at a time on the worker's pipeline thread, in this process (no Redis, no workers)."""
+
+    def __init__(self, engine: BatchEngine) -> None:
+        self.engine = engine
+        self._worker: GenerationWorker | None = None
+        self._busy = False
+
+    @property
+    def parallelism(self) -> int:
+        return 1
+
+    @property
+    def healthy(self) -> bool:
+        return True
+
+    def status(self) -> dict[str, Any]:
+        return {"backend": "local", "healthy": True, "busy": self._busy}
+
+    def batch_key(self, request: GenerationRequest) -> tuple | None:
+        return self.engine.batch_key(request)
+
+    def batch_limit(self, request: GenerationRequest) -> int:
+        return 1 << 30  # the worker's max_batch_size decides
+
+    def has_room(self, request: GenerationRequest) -> bool:
+        return not self._busy
+
+    async def start(self, worker: GenerationWorker) -> None:
+        self._worker = worker
+
+    def launch(self, batch: list[JobHandle]) -> asyncio.Future[Outcomes]:
+        worker = self._worker
+        assert worker is not None and worker._loop is not None
+        self._busy = True
+        future = worker._loop.run_in_executor(worker._executor, worker._run_batch, batch)
+
+        def free(_: asyncio.Future[Outcomes]) -> None:
+            self._busy = False
+            worker.wake()
+
+        future.add_done_callback(free)
+        return future
+
+    def cancel_running(self, job: JobHandle) -> None:
+        """Nothing to send: the pipeline thread reads ``job.cancel_requested`` at the next step."""
+
+    async def close(self) -> None:
+        """Nothing to release: the worker owns the pipeline thread."""
 
 
 def _cost(request: GenerationRequest) -> float:
@@ -254,13 +379,20 @@ def _encode_preview(image: Any) -> bytes:
 class GenerationWorker:
     """Fair, bounded queue + one pipeline thread; see the module docstring and docs/ARCHITECTURE.md."""
 
-    def __init__(self, engine: BatchEngine, *, queue_size: int, max_batch_size: int, previews: bool = True,
+    def __init__(self, engine: BatchEngine | None, *, queue_size: int, max_batch_size: int, previews: bool = True,
                  preview_every: int = 5, executor: ThreadPoolExecutor | None = None,
-                 metrics: GenerationMetrics | None = None) -> None:
+                 runner: BatchRunner | None = None, metrics: GenerationMetrics | None = None) -> None:
         """``executor``: a single-thread executor to run the pipeline on, for callers that run other torch work
         in the process (a benchmark's baseline): on CPU, torch calls alternating between two threads slow each
         other down about 2x, so all of them should share one thread. The worker does not shut it down.
+
+        ``runner``: where batches run; default :class:`LocalRunner` on ``engine`` (which may then not be None).
+        With a remote runner ``engine`` is None: this process needs no model.
         ``metrics``: updated as jobs wait, run and end (see :mod:`generation.metrics`); None: no metrics."""
+        if runner is None:
+            if engine is None:
+                raise ValueError("an engine is needed to run batches in this process")
+            runner = LocalRunner(engine)
         if executor is not None and executor._max_workers != 1:
             raise ValueError("the pipeline executor must have exactly one thread")
         if queue_size < 1 or max_batch_size < 1:
@@ -275,7 +407,11 @@ class GenerationWorker:
         self._serve_ticks = itertools.count(1)
         self._seqs = itertools.count()
         self._jobs: dict[str, JobHandle] = {}  # queued or running
-        self._running: _Running | None = None
+        self.runner: BatchRunner = runner
+        self._direct: deque[list[JobHandle]] = deque()  # batches given to run_now, run before the fair queue
+        self._running: list[_Running] = []
+        self._batch_tasks: set[asyncio.Task[None]] = set()
+        self._placement_listeners: list[PlacementListener] = []
         self._seconds_per_unit: float | None = None  # moving average of seconds per _cost unit
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: ThreadPoolExecutor | None = executor
@@ -295,6 +431,7 @@ class GenerationWorker:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generation")
         self._wakeup = asyncio.Event()
+        await self.runner.start(self)
         self._dispatcher = asyncio.create_task(self._dispatch(), name="generation-dispatcher")
         if self.metrics is not None:
             self.metrics.worker_started()
@@ -303,22 +440,73 @@ class GenerationWorker:
             self._wakeup.set()
 
     async def close(self) -> None:
-        """Cancel what is queued, let the running batch finish, then stop the thread (joined off the loop)."""
+        """Cancel what is queued, let the running batches finish (a remote runner waits a grace period, then
+        gives up on them: the journal re-dispatches them at the next start), then stop the thread."""
         self._closing = True
-        for job in [j for q in self._queues.values() for j in q]:
+        for job in [j for q in self._queues.values() for j in q] + [j for b in self._direct for j in b]:
             self._cancel(job)
+        self._direct.clear()
         if self._wakeup is not None:
             self._wakeup.set()
         if self._dispatcher is not None:
             await asyncio.gather(self._dispatcher, return_exceptions=True)
+        await self.runner.close()
+        if self._batch_tasks:
+            await asyncio.gather(*list(self._batch_tasks), return_exceptions=True)
         if self._executor is not None and self._owns_executor:
             await asyncio.to_thread(self._executor.shutdown, wait=True)
             self._executor = None
 
     # --- submitting and asking ----------------------------------------------------------------------------------
 
-    def submit(self, request: GenerationRequest, *, job_id: str | None = None) -> JobHandle:
-        """Queue a job; never blocks. Raises :class:`QueueFullError` with a message for the member."""
+    def wake(self) -> None:
+        """The runner has room again (or a worker appeared): look at the queue."""
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    @property
+    def healthy(self) -> bool:
+        """False while the runner cannot dispatch (e.g. Redis unreachable); jobs are still accepted and queued."""
+        return self.runner.healthy
+
+    def status(self) -> dict[str, Any]:
+        """The runner's state (backend, reachable, live workers...) plus the queue, for a health endpoint."""
+        return {**self.runner.status(), "queued": self.queued_count,
+                "running_batches": len(self._running)}
+
+    def add_placement_listener(self, callback: PlacementListener) -> None:
+        """``callback(job_id, placement)`` on the loop when a remote worker claims a job (the journal records it)."""
+        self._placement_listeners.append(callback)
+
+    def _notify_placement(self, job: JobHandle, placement: Placement) -> None:
+        for callback in list(self._placement_listeners):
+            try:
+                callback(job.job_id, placement)
+            except Exception:
+                log.exception("placement listener failed for job %s", job.job_id)
+
+    def run_now(self, jobs: Sequence[tuple[str, GenerationRequest]]) -> list[JobHandle]:
+        """Run ``jobs`` as ONE batch as soon as the runner has room, before the fair queue and without its size
+        bound: a remote worker runs the batches the bot formed, in the order it claimed them."""
+        if self._closing:
+            raise QueueFullError(SHUTDOWN_MESSAGE)
+        loop = self._loop or asyncio.get_running_loop()
+        batch = []
+        for job_id, request in jobs:
+            if job_id in self._jobs:
+                raise ValueError(f"job id {job_id!r} is already queued or running")
+            handle = JobHandle(self, job_id, request, next(self._seqs), loop)
+            self._jobs[job_id] = handle
+            batch.append(handle)
+        self._direct.append(batch)
+        self.wake()
+        return batch
+
+    def submit(self, request: GenerationRequest, *, job_id: str | None = None, attempt: int = 0) -> JobHandle:
+        """Queue a job; never blocks. Raises :class:`QueueFullError` with a message for the member.
+
+        ``attempt``: how many times the job was handed out before (from the journal), so attempts keep growing
+        across restarts and a poison job is still stopped after ``queue.max_attempts``."""
         if self._closing:
             raise QueueFullError(SHUTDOWN_MESSAGE)
         queued = self.queued_count
@@ -329,7 +517,7 @@ class GenerationWorker:
         if job_id in self._jobs:
             raise ValueError(f"job id {job_id!r} is already queued or running")
         loop = self._loop or asyncio.get_running_loop()
-        handle = JobHandle(self, job_id, request, next(self._seqs), loop)
+        handle = JobHandle(self, job_id, request, next(self._seqs), loop, attempt)
         self._queues.setdefault(request.requester_id, deque()).append(handle)
         self._jobs[job_id] = handle
         self._queue_changed()
@@ -344,8 +532,7 @@ class GenerationWorker:
 
     def jobs_of(self, requester_id: str) -> list[str]:
         """Job ids queued or running for that requester, running first."""
-        running = [j.job_id for j in self._running.jobs if j.request.requester_id == requester_id] \
-            if self._running else []
+        running = [j.job_id for batch in self._running for j in batch.jobs if j.request.requester_id == requester_id]
         return running + [j.job_id for j in self._queues.get(requester_id, ())]
 
     def position(self, job_id: str) -> int | None:
@@ -359,21 +546,25 @@ class GenerationWorker:
         return order.index(job) + 1 if job in order else None
 
     def estimate_seconds(self, job_id: str) -> float | None:
-        """Seconds until ``job_id`` finishes: the moving average cost times the work ahead of it and its own."""
+        """Seconds until ``job_id`` finishes: the moving average cost times the work ahead of it (shared by the
+        runner's parallel workers) and its own."""
         job = self._jobs.get(job_id)
         if job is None or self._seconds_per_unit is None:
             return None
-        units = 0.0
-        if self._running is not None:
-            batch_units = sum(_cost(j.request) for j in self._running.jobs)
-            done = self._running.step / self._running.total if self._running.total else 0.0
-            units += batch_units * (1.0 - min(done, 1.0))
-        if job.status != "running":
-            for ahead in self._projected_order():
-                units += _cost(ahead.request)
-                if ahead is job:
-                    break
-        return units * self._seconds_per_unit
+
+        def remaining(batch: _Running) -> float:
+            return sum(_cost(j.request) for j in batch.jobs) * (1.0 - batch.done_fraction)
+
+        own = next((batch for batch in self._running if job in batch.jobs), None)
+        if own is not None:
+            return remaining(own) * self._seconds_per_unit
+        ahead_units = sum(remaining(batch) for batch in self._running)
+        for ahead in self._projected_order():
+            if ahead is job:
+                parallel = max(1, self.runner.parallelism)
+                return (ahead_units / parallel + _cost(job.request)) * self._seconds_per_unit
+            ahead_units += _cost(ahead.request)
+        return None
 
     # --- fairness and batching (loop thread only) ------------------------------------------------------------
 
@@ -397,17 +588,27 @@ class GenerationWorker:
         return order
 
     def _take_batch(self) -> list[JobHandle]:
-        """Pop the next fair job plus compatible heads of other requesters' queues, up to max_batch_size images."""
-        requesters = self._fair_requesters(self._queues, self._last_served)
+        """Pop the next fair job the runner has room for, plus compatible heads of other requesters' queues, up to
+        max_batch_size images (and what the runner's workers take)."""
+        if self._direct:
+            if not self.runner.has_room(self._direct[0][0].request):
+                return []
+            batch = self._direct.popleft()
+            for job in batch:
+                job._status = "running"
+            return batch
+        requesters = [r for r in self._fair_requesters(self._queues, self._last_served)
+                      if self.runner.has_room(self._queues[r][0].request)]
         if not requesters:
             return []
         first = self._queues[requesters[0]][0]
         key = self._batch_key(first.request)
+        limit = min(self.max_batch_size, self._batch_limit(first.request))
         batch = [first]
         images = first.params.count
         for requester in requesters[1:]:
             head = self._queues[requester][0]
-            if images + head.params.count > self.max_batch_size:
+            if images + head.params.count > limit:
                 continue
             if key is not None and self._batch_key(head.request) == key:
                 batch.append(head)
@@ -425,10 +626,17 @@ class GenerationWorker:
 
     def _batch_key(self, request: GenerationRequest) -> tuple | None:
         try:
-            return self.engine.batch_key(request)
+            return self.runner.batch_key(request)
         except Exception:  # a bad key must not stop the queue: that job simply runs alone
-            log.exception("engine.batch_key failed; running the job alone")
+            log.exception("batch_key failed; running the job alone")
             return None
+
+    def _batch_limit(self, request: GenerationRequest) -> int:
+        try:
+            return max(1, self.runner.batch_limit(request))
+        except Exception:
+            log.exception("batch_limit failed; running the job alone")
+            return 1
 
     def _forget_idle_requesters(self, keep: int = 10_000) -> None:
         """Bound the fairness memory: drop the oldest ticks of requesters with nothing queued."""
@@ -441,6 +649,7 @@ class GenerationWorker:
     def _cancel(self, job: JobHandle) -> bool:
         if job.done:
             return False
+        job.cancel_requested = True  # running: the pipeline thread (or remote worker) sees it at the next step
         if job.status == "queued":
             queue = self._queues.get(job.request.requester_id)
             if queue is not None and job in queue:
@@ -453,45 +662,63 @@ class GenerationWorker:
             if self.metrics is not None and not self._closing:  # a shutdown's jobs are recovered, not cancelled
                 self.metrics.job_ended("cancelled", job.params.count)
             return True
-        job.cancel_requested = True  # running: the pipeline thread sees it at the next step
+        try:
+            self.runner.cancel_running(job)
+        except Exception:  # the flag is set; a runner that cannot pass it on still drops the output
+            log.exception("could not pass the cancel of job %s to the runner", job.job_id)
         return True
 
     # --- the dispatcher (loop) and the batch runner (pipeline thread) --------------------------------------------
 
     async def _dispatch(self) -> None:
-        """Loop side: pick the next fair batch, run it on the pipeline thread, settle its jobs; repeat."""
+        """Loop side: whenever the runner has room, hand it the next fair batch; settle batches as they end."""
         assert self._wakeup is not None
         while True:
-            if not self._queues:
-                if self._closing:
-                    return
-                await self._wakeup.wait()
-                self._wakeup.clear()
-                continue
+            self._wakeup.clear()  # before looking, so a wake() during the look is not lost
             try:
-                await self._run_next_batch()
+                batch = self._take_batch() if (self._queues or self._direct) else []
+                if batch:
+                    self._launch(batch)
+                    continue
             except Exception:  # a worker bug must not stop the queue for everyone
                 log.exception("generation dispatcher error")
+            if self._closing and not self._queues and not self._direct:
+                return
+            await self._wakeup.wait()
 
-    async def _run_next_batch(self) -> None:
-        assert self._loop is not None
-        batch = self._take_batch()
-        if not batch:
-            return
-        running = self._running = _Running(batch)
+    def _launch(self, batch: list[JobHandle]) -> None:
+        running = _Running(batch)
+        self._running.append(running)
         if self.metrics is not None:
             self.metrics.batch_started([running.started - j.submitted_at for j in batch],
                                        sum(j.params.count for j in batch))
         try:
-            outcomes = await self._loop.run_in_executor(self._executor, self._run_batch, batch)
-        except Exception:  # _run_batch handles engine errors itself; this is a bug in the worker
+            future = self.runner.launch(batch)
+        except Exception:  # a runner bug fails this batch only
+            log.exception("the runner could not take a batch")
+            future = asyncio.get_running_loop().create_future()
+            future.set_result({j.job_id: GenerationFailedError(FAILED_MESSAGE) for j in batch})
+        task = asyncio.create_task(self._settle(running, future), name="generation-batch")
+        self._batch_tasks.add(task)
+        task.add_done_callback(self._batch_tasks.discard)
+
+    async def _settle(self, running: _Running, future: asyncio.Future[Outcomes]) -> None:
+        batch = running.jobs
+        try:
+            outcomes = await future
+        except Exception:  # runners handle engine errors themselves; this is a bug in the worker
             log.exception("generation batch crashed")
             outcomes = {j.job_id: GenerationFailedError(FAILED_MESSAGE) for j in batch}
         finally:
-            self._running = None
+            self._running.remove(running)
             for job in batch:
                 self._jobs.pop(job.job_id, None)
-        self._record_timing(batch, time.monotonic() - running.started, outcomes)
+            self.wake()
+        # The engine time the runner reports, not the wall time since launch: a remote batch may have waited
+        # for its worker (prefetch), which is not what a unit of work costs.
+        elapsed = max((o.elapsed_seconds for o in outcomes.values() if isinstance(o, GenerationResult)),
+                      default=time.monotonic() - running.started)
+        self._record_timing(batch, elapsed, outcomes)
         for job in batch:
             outcome = outcomes.get(job.job_id) or GenerationFailedError(FAILED_MESSAGE)
             if job.cancel_requested or isinstance(outcome, JobCancelledError):
@@ -648,9 +875,6 @@ class GenerationWorker:
         preview = getattr(self.engine, "preview", None) if self.previews else None
 
         def on_step(step: int, total: int, latents: Any = None, *_: Any, **__: Any) -> None:
-            running = self._running
-            if running is not None:
-                running.step, running.total = step, total
             previews: dict[int, bytes] = {}
             wanted = [i for i, j in enumerate(batch) if j.wants_preview and not j.cancel_requested]
             if (preview is not None and latents is not None and wanted and step < total

@@ -5,6 +5,11 @@ journalled one that :meth:`JobJournal.recover` queues again at the next start. O
 records what happens to it (running, done with its images saved file-first, failed, cancelled) and only then
 calls the delivery listeners, so a listener that raises cannot lose the job's outcome. Once the listeners are
 done the job's interaction token is forgotten: a secret is not kept longer than it is needed.
+
+With remote workers (``queue.backend: redis``) the row also holds the latest attempt a worker claimed, which
+worker and its lease; a result is recorded only if no newer attempt was claimed since and the job has not
+finished, so a result that arrives twice (a slow worker came back after its batch was reclaimed) is recorded
+and delivered once.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import dataclasses
 import errno
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +40,7 @@ from generation.worker import (
 )
 
 if TYPE_CHECKING:
-    from generation.worker import GenerationWorker, JobHandle
+    from generation.worker import GenerationWorker, JobHandle, Placement
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +94,8 @@ class JobJournal:
         self._cancel_requested: set[int] = set()
         self._failure_writes: set[asyncio.Task[None]] = set()
         self._closing = False
+        self._placements: set[asyncio.Task[None]] = set()
+        worker.add_placement_listener(self._placed)
 
     # --- subscribing -------------------------------------------------------------------------------------------
 
@@ -160,7 +167,7 @@ class JobJournal:
                 job = await repository.requeue(self.db, job.id)
             try:
                 handle = self.worker.submit(request_of(job, await self.starting_image(job)),
-                                            job_id=job.worker_job_id)
+                                            job_id=job.worker_job_id, attempt=job.attempt)
             except QueueFullError as exc:
                 log.warning("job %s could not be queued again after a restart: %s", job.id, exc.message)
                 refused = await repository.mark_refused(self.db, job.id, RECOVERY_QUEUE_FULL)
@@ -245,8 +252,23 @@ class JobJournal:
 
     async def wait_idle(self) -> None:
         """Wait until every followed job is recorded and delivered (tests, orderly shutdown)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
+        while self._tasks or self._placements:
+            await asyncio.gather(*list(self._tasks.values()), *list(self._placements), return_exceptions=True)
+
+    def _placed(self, worker_job_id: str, placement: Placement) -> None:
+        """A remote worker claimed a job: record attempt, worker and lease (in the background, in claim order
+        per job; the update is conditional, so a late or reordered write cannot move the row back)."""
+        async def record() -> None:
+            try:
+                await repository.record_attempt(
+                    self.db, int(worker_job_id), attempt=placement.attempt, worker_id=placement.worker_id,
+                    lease_expires_at=datetime.fromtimestamp(placement.lease_expires_at, UTC))
+            except Exception:
+                log.exception("could not record attempt %d of job %s", placement.attempt, worker_job_id)
+
+        task = asyncio.create_task(record(), name=f"journal-attempt-{worker_job_id}")
+        self._placements.add(task)
+        task.add_done_callback(self._placements.discard)
 
     async def close(self) -> None:
         """Call before ``worker.close()``: jobs the worker drops while closing stay queued for recovery.
@@ -299,9 +321,17 @@ class JobJournal:
         with contextlib.suppress(Exception):
             await watcher  # ends within one poll: the handle is finished
         if isinstance(outcome, GenerationResult):
+            if not await self._still_wanted(job.id, outcome.attempt):
+                return
             try:
                 images = await self._store(job, outcome)
-                record = await repository.mark_done(self.db, job.id, prompt_truncated=outcome.prompt_truncated)
+                done = await repository.mark_done_fenced(self.db, job.id, attempt=outcome.attempt,
+                                                         worker_id=outcome.worker_id or None,
+                                                         prompt_truncated=outcome.prompt_truncated)
+                if done is None:
+                    log.warning("job %s was finished by another copy while its images were saved", job.id)
+                    return
+                record = done
             except Exception as exc:
                 log.exception("saving the images of job %s failed", job.id)
                 images = []
@@ -341,6 +371,15 @@ class JobJournal:
                 continue
             log.info("job %s: failure recorded after %d retries", job_id, attempt)
             return
+
+    async def _still_wanted(self, job_id: int, attempt: int) -> bool:
+        """False for a result the row already has, or one made by an attempt older than the latest claim."""
+        current = await repository.get_job(self.db, job_id)
+        if current is None or current.status not in ("queued", "running") or current.attempt > attempt:
+            log.info("ignoring a result of job %s from attempt %d (job %s, attempt %s)", job_id, attempt,
+                     current.status if current else "missing", current.attempt if current else "-")
+            return False
+        return True
 
     async def _store(self, job: JobRecord, result: GenerationResult) -> list[ImageRecord]:
         """Each image: the file (fsynced) first, then its row, so no row ever names a missing file."""

@@ -116,6 +116,11 @@ class Job(Base):
     queued_at: Mapped[datetime] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Remote workers (queue.backend: redis): the latest attempt a worker claimed, which worker, until when.
+    # A result is recorded only if no newer attempt was claimed since (a slow worker's late copy is ignored).
+    attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    worker_id: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Image(Base):

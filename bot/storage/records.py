@@ -34,6 +34,9 @@ class JobRecord:
     prompt_truncated: bool = False
     parent_image_index: int | None = None  # which image of the parent job an upscale or variation starts from
     init_image_path: str | None = None  # img2img's starting image on disk (relative to the images folder)
+    attempt: int = 0  # the latest attempt a remote worker claimed (0: none)
+    worker_id: str | None = None
+    lease_expires_at: datetime | None = None
 
     @property
     def worker_job_id(self) -> str:

@@ -269,6 +269,40 @@ async def mark_done(db: Database, job_id: int, *, prompt_truncated: bool = False
                              prompt_truncated=prompt_truncated)
 
 
+async def record_attempt(db: Database, job_id: int, *, attempt: int, worker_id: str,
+                         lease_expires_at: datetime) -> bool:
+    """A remote worker claimed the job as ``attempt``: note who and until when, unless the job already finished
+    or a newer attempt was recorded (claims can be reported out of order). True when the row changed."""
+    async with db.session(write=True) as session:
+        result = await session.execute(
+            update(Job).where(Job.id == job_id, Job.status.in_(UNFINISHED), Job.attempt < attempt)
+            .values(attempt=attempt, worker_id=worker_id, lease_expires_at=lease_expires_at)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount)
+
+
+async def mark_done_fenced(db: Database, job_id: int, *, attempt: int, worker_id: str | None = None,
+                           prompt_truncated: bool = False) -> JobRecord | None:
+    """:func:`mark_done` for a result made by ``attempt`` (on ``worker_id``, which is recorded with it, as the
+    claim may not be written yet); None (nothing written) when the job already finished or a newer attempt was
+    claimed since: the result is a second or late copy and must not be recorded again."""
+    now = utcnow()
+    placed = {"attempt": attempt, "worker_id": worker_id} if worker_id else {}
+    async with db.session(write=True) as session:
+        result = await session.execute(
+            update(Job).where(Job.id == job_id, Job.status.in_(_ALLOWED_FROM["done"]), Job.attempt <= attempt)
+            .values(status="done", finished_at=now, started_at=_started_by(now), error=None,
+                    prompt_truncated=prompt_truncated, **placed)
+            .execution_options(synchronize_session=False)
+        )
+        if not result.rowcount:
+            return None
+        job = await session.get(Job, job_id)
+        assert job is not None
+        return _job(job)
+
+
 async def mark_failed(db: Database, job_id: int, error: str) -> JobRecord:
     return await _transition(db, job_id, "failed", finished_at=utcnow(), error=error)
 

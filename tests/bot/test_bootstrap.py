@@ -183,3 +183,27 @@ async def test_sigterm_shuts_down_in_order(tmp_path: Path) -> None:
         assert await asyncio.wait_for(task, 60) == 0
         loop = asyncio.get_running_loop()
         assert not loop.remove_signal_handler(signal.SIGTERM)  # ours was taken off again
+
+
+async def test_with_the_redis_backend_the_bot_loads_no_model(tmp_path: Path) -> None:
+    """The bot process needs no GPU and no model: a model that could not even be loaded here is fine, and the
+    bot starts (and accepts jobs) while Redis is unreachable, saying so in its status."""
+    from generation.request import GenerationRequest
+
+    settings = settings_from_mapping({
+        "database": {"url": f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"},
+        "storage": {"images_dir": str(tmp_path / "images")},
+        "generation": {"model": str(tmp_path / "no-such-model.safetensors")},
+        "queue": {"backend": "redis", "redis_url": "redis://127.0.0.1:9/0"},  # nothing listens on port 9
+    }, environ={})
+    services = await bootstrap.build_services(settings)
+    try:
+        assert services.engine is None and services.worker.engine is None
+        assert services.model.name == "no-such-model.safetensors" and services.model.device == "remote"
+        assert not services.worker.healthy and services.worker.status()["backend"] == "redis"
+        handle = services.worker.submit(GenerationRequest(
+            prompt="a cat", negative_prompt="", seed=1, steps=2, guidance=7.0, width=64, height=64, count=1,
+            scheduler="euler_a", requester_id="1"))
+        assert services.worker.position(handle.job_id) == 1  # queued, waiting for Redis and a worker
+    finally:
+        await services.close()

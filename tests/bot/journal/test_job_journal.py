@@ -97,7 +97,10 @@ class FakeWorker:
         self.handles: dict[str, FakeHandle] = {}
         self.status_at_submit: list[str | None] = []
 
-    def submit(self, req: GenerationRequest, *, job_id: str | None = None) -> FakeHandle:
+    def add_placement_listener(self, callback: Any) -> None:
+        self.placement_listener = callback
+
+    def submit(self, req: GenerationRequest, *, job_id: str | None = None, attempt: int = 0) -> FakeHandle:
         self.status_at_submit.append(committed_status(self.db_url, int(job_id or 0)))  # must be committed
         if sum(h.status == "queued" for h in self.handles.values()) >= self.capacity:
             raise QueueFullError("The queue is full.")
@@ -487,3 +490,28 @@ async def test_a_stored_parent_image_is_named_not_copied_and_a_lost_one_is_recov
     for journal_ in (journal, restarted):
         journal_.worker.finish(job.id)
         await journal_.wait_idle()
+
+
+async def test_a_result_of_an_older_attempt_is_not_recorded(db: Database, worker: FakeWorker,
+                                                            tmp_path: Path) -> None:
+    from generation.worker import Placement
+
+    journal = JobJournal(db, worker, tmp_path / "images", "tiny")
+    recorder = Recorder()
+    journal.add_listener(recorder)
+    job, _ = await journal.accept(request(), **ORIGIN)
+    worker.run(job.id)
+    worker.placement_listener(str(job.id), Placement(attempt=2, worker_id="gpu-b", lease_expires_at=2e9))
+
+    async def recorded() -> bool:
+        return (await repo.get_job(db, job.id)).attempt == 2
+
+    await eventually(recorded)
+    row = await repo.get_job(db, job.id)
+    assert row.worker_id == "gpu-b" and row.lease_expires_at is not None and row.lease_expires_at.year == 2033
+    handle = worker.handles[str(job.id)]
+    late = worker.finish(job.id)  # made by attempt 0 (the fake's default): older than the claim of attempt 2
+    assert late.attempt < 2 and handle.status == "done"
+    await journal.wait_idle()
+    assert (await repo.get_job(db, job.id)).status == "running"  # still waiting for attempt 2's result
+    assert await repo.images_for_job(db, job.id) == [] and recorder.calls == []

@@ -190,3 +190,25 @@ async def test_maintained_stats_equal_a_recount_after_racing_writers(db: Databas
         assert await repo.guild_stats(db, guild) == await _recount(db, guild)
     stats = await repo.guild_stats(db, 10)
     assert sum(stats.jobs_by_status.values()) == 8 and stats.moderation_events == 2
+
+
+async def test_attempts_of_remote_workers_fence_late_results(db: Database) -> None:
+    from datetime import datetime, timedelta
+
+    job = await repo.create_job(db, **JOB)
+    assert job.attempt == 0 and job.worker_id is None and job.lease_expires_at is None
+    lease = datetime.now(UTC) + timedelta(seconds=30)
+    assert await repo.record_attempt(db, job.id, attempt=2, worker_id="gpu-b", lease_expires_at=lease)
+    assert not await repo.record_attempt(db, job.id, attempt=1, worker_id="gpu-a", lease_expires_at=lease)  # late
+    recorded = await repo.get_job(db, job.id)
+    assert (recorded.attempt, recorded.worker_id) == (2, "gpu-b")
+    assert abs((recorded.lease_expires_at - lease).total_seconds()) < 1e-3 and recorded.lease_expires_at.tzinfo
+    # The slow worker of attempt 1 comes back: not recorded.
+    assert await repo.mark_done_fenced(db, job.id, attempt=1) is None
+    assert (await repo.get_job(db, job.id)).status == "queued"
+    done = await repo.mark_done_fenced(db, job.id, attempt=2, worker_id="gpu-b", prompt_truncated=True)
+    assert done is not None and done.status == "done" and done.prompt_truncated and done.worker_id == "gpu-b"
+    # The same result again, or a claim after the end: nothing changes.
+    assert await repo.mark_done_fenced(db, job.id, attempt=2) is None
+    assert not await repo.record_attempt(db, job.id, attempt=3, worker_id="gpu-c", lease_expires_at=lease)
+    assert (await repo.get_job(db, job.id)).attempt == 2
