@@ -22,7 +22,7 @@ from bot.localdiscord import LocalDiscordServer
 from bot.storage import repository
 from bot.storage.db import Database, upgrade_to_head
 from bot.storage.models import Job
-from tests.helpers import local_bot_settings, new_job
+from tests.helpers import local_bot_settings, new_job, params
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -201,9 +201,7 @@ async def test_with_the_redis_backend_the_bot_loads_no_model(tmp_path: Path) -> 
         assert services.engine is None and services.worker.engine is None
         assert services.model.name == "no-such-model.safetensors" and services.model.device == "remote"
         assert not services.worker.healthy and services.worker.status()["backend"] == "redis"
-        handle = services.worker.submit(GenerationRequest(
-            prompt="a cat", negative_prompt="", seed=1, steps=2, guidance=7.0, width=64, height=64, count=1,
-            scheduler="euler_a", requester_id="1"))
+        handle = services.worker.submit(GenerationRequest(params(scheduler="euler_a"), requester_id="1"))
         assert services.worker.position(handle.job_id) == 1  # queued, waiting for Redis and a worker
     finally:
         await services.close()

@@ -267,8 +267,12 @@ async def test_saving_failure_marks_failed(db: Database, worker: FakeWorker, tmp
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (a device that is always full)")
 async def test_disk_full_while_saving_tells_the_member_and_marks_failed(db: Database, worker: FakeWorker,
-                                                                        tmp_path: Path) -> None:
+                                                                        tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A real ENOSPC from the kernel: the image's temporary file is where /dev/full is."""
+    from bot.storage import images as image_store
+
+    monkeypatch.setattr(image_store.secrets, "token_hex", lambda _n: "fixed")  # a temporary name known in advance
     images = tmp_path / "images"
     journal = JobJournal(db, worker, images, "tiny")
     recorder = Recorder()
@@ -276,7 +280,7 @@ async def test_disk_full_while_saving_tells_the_member_and_marks_failed(db: Data
     job, _ = await journal.accept(request(count=2), **ORIGIN)
     second = images / image_relpath(job.id, 1)
     second.parent.mkdir(parents=True)
-    second.with_name(f".{second.name}.{os.getpid()}{TMP_SUFFIX}").symlink_to("/dev/full")
+    second.with_name(f".{second.name}.{os.getpid()}.fixed{TMP_SUFFIX}").symlink_to("/dev/full")
     worker.finish(job.id)
     await journal.wait_idle()
 
@@ -414,7 +418,7 @@ async def test_disk_full_for_the_database_too_member_told_at_once_failure_record
     with small_tmpfs(tmp_path / "disk", "2m") as disk:
         database = Database.connect(f"sqlite+aiosqlite:///{disk / 'journal.db'}")
         await database.create_all()
-        journal = JobJournal(database, FakeWorker(disk / "journal.db"), disk / "images", "tiny")
+        journal = JobJournal(database, FakeWorker(database.url), disk / "images", "tiny")
         recorder = Recorder()
         journal.add_listener(recorder)
         try:
@@ -436,7 +440,7 @@ async def test_disk_full_for_the_database_too_member_told_at_once_failure_record
             async def recorded() -> bool:
                 return job_status(disk / "journal.db", job.id) == "failed"
 
-            await eventually(recorded, within=20)
+            await eventually(recorded, timeout=20)
             failed = await repo.get_job(database, job.id)
             assert failed.error == DISK_FULL_MESSAGE
         finally:
@@ -463,7 +467,7 @@ async def test_an_uploaded_starting_image_is_stored_first_and_survives_a_restart
     assert again.init_image_path == job.init_image_path  # the same picture is stored once
 
     # A new process: nothing followed, both jobs still queued in the journal.
-    restarted = JobJournal(db, FakeWorker(tmp_path / "journal.db"), tmp_path / "images", "tiny")
+    restarted = JobJournal(db, FakeWorker(db.url), tmp_path / "images", "tiny")
     recovered = await restarted.recover()
     assert [(j.id, h.request.init_image) for j, h in recovered] == [(job.id, upload), (again.id, upload)]
     assert recovered[0][1].request == request_of(job, upload)
@@ -484,7 +488,7 @@ async def test_a_stored_parent_image_is_named_not_copied_and_a_lost_one_is_recov
     assert (job.init_image_path, job.parent_image_index) == ("0000/5-1.png", 1)
     assert not (tmp_path / "images" / "inputs").exists()
     parent_png.unlink()  # pruned while the bot was down
-    restarted = JobJournal(db, FakeWorker(tmp_path / "journal.db"), tmp_path / "images", "tiny")
+    restarted = JobJournal(db, FakeWorker(db.url), tmp_path / "images", "tiny")
     [(recovered, handle)] = await restarted.recover()
     assert recovered.id == job.id and handle.request.init_image is None  # the engine refuses it with a sentence
     for journal_ in (journal, restarted):

@@ -195,7 +195,7 @@ async def test_maintained_stats_equal_a_recount_after_racing_writers(db: Databas
 async def test_attempts_of_remote_workers_fence_late_results(db: Database) -> None:
     from datetime import datetime, timedelta
 
-    job = await repo.create_job(db, **JOB)
+    job = await new_job(db, **JOB)
     assert job.attempt == 0 and job.worker_id is None and job.lease_expires_at is None
     lease = datetime.now(UTC) + timedelta(seconds=30)
     assert await repo.record_attempt(db, job.id, attempt=2, worker_id="gpu-b", lease_expires_at=lease)

@@ -22,7 +22,7 @@ from generation.dispatch import wire
 from generation.dispatch.redis_backend import RedisRunner, connect
 from generation.dispatch.remote_worker import POISON_MESSAGE, TOO_LARGE_MESSAGE, RemoteWorker
 from generation.dispatch.settings import QueueSettings
-from generation.request import GenerationRequest
+from generation.request import GenerationRequest, ImageParams
 from generation.worker import (
     GenerationError,
     GenerationFailedError,
@@ -53,26 +53,26 @@ class FakeEngine:
         self.stopped_at: int | None = None
 
     def batch_key(self, request: GenerationRequest) -> tuple:
-        return (request.width, request.height, request.steps, request.scheduler)
+        return (request.params.width, request.params.height, request.params.steps, request.params.scheduler)
 
     def generate(self, requests: Sequence[GenerationRequest], *, on_step: Callable[..., None] | None = None,
                  should_stop: Callable[[], bool] | None = None) -> list[list[Image.Image]]:
-        self.calls.append([r.prompt for r in requests])
+        self.calls.append([r.params.prompt for r in requests])
         self.entered.set()
         if self.gate is not None:
             assert self.gate.wait(WAIT), "test never opened the gate"
-        total = requests[0].steps
+        total = requests[0].params.steps
         for step in range(1, total + 1):
             if should_stop is not None and should_stop():
                 self.stopped_at = step
                 return [[] for _ in requests]
             if on_step is not None:
-                on_step(step, total, {"n": sum(r.count for r in requests)})
+                on_step(step, total, {"n": sum(r.params.count for r in requests)})
             if step == self.pause_after_step:
                 self.paused.set()
                 assert self.resume.wait(WAIT), "test never resumed"
-        return [[Image.new("RGB", (r.width, r.height), ((r.seed + i) % 256, 0, 7)) for i in range(r.count)]
-                for r in requests]
+        return [[Image.new("RGB", (r.params.width, r.params.height), ((r.params.seed + i) % 256, 0, 7))
+                 for i in range(r.params.count)] for r in requests]
 
     def preview(self, latents: Any) -> list[Image.Image]:
         return [Image.new("RGB", (8, 8), (i, 0, 0)) for i in range(latents["n"])]
@@ -89,8 +89,9 @@ class FakeEngine:
 
 def req(prompt: str, requester: str = "u1", *, size: int = 64, steps: int = 3, count: int = 1, seed: int = 1,
         model: str = "") -> GenerationRequest:
-    return GenerationRequest(prompt=prompt, negative_prompt="", seed=seed, steps=steps, guidance=7.0, width=size,
-                             height=size, count=count, scheduler="euler_a", requester_id=requester, model=model)
+    return GenerationRequest(ImageParams(prompt=prompt, negative_prompt="", seed=seed, steps=steps, guidance=7.0,
+                                         width=size, height=size, count=count, scheduler="euler_a", model=model),
+                             requester_id=requester)
 
 
 async def until(check: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:  # noqa: ASYNC109

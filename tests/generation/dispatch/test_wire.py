@@ -8,13 +8,14 @@ import dataclasses
 import pytest
 
 from generation.dispatch import wire
-from generation.request import GenerationRequest
+from generation.request import GenerationRequest, ImageParams
 
 
 def req(prompt: str = "a cat", *, seed: int = 1, count: int = 1, size: int = 64, steps: int = 4,
         model: str = "", requester: str = "u1") -> GenerationRequest:
-    return GenerationRequest(prompt=prompt, negative_prompt="blur", seed=seed, steps=steps, guidance=7.5, width=size,
-                             height=size, count=count, scheduler="euler_a", requester_id=requester, model=model)
+    return GenerationRequest(ImageParams(prompt=prompt, negative_prompt="blur", seed=seed, steps=steps, guidance=7.5,
+                                         width=size, height=size, count=count, scheduler="euler_a", model=model),
+                             requester_id=requester)
 
 
 def test_a_request_survives_the_round_trip_through_json() -> None:
