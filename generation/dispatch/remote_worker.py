@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 READ_BLOCK_MS = 1000
 CANCEL_POLL_SECONDS = 0.25
+PROGRESS_MIN_SECONDS = 0.1  # a fast GPU makes 20+ steps a second per job; the bot edits a message every 2 s
 MAX_BACKOFF_SECONDS = 5.0
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -342,7 +343,13 @@ class RemoteWorker:
             await pause(finished, CANCEL_POLL_SECONDS)
 
     async def _forward_progress(self, held: _Held, handle: JobHandle, progress: AsyncIterator[Progress]) -> None:
+        """Publish the job's steps: every preview and the last step, others at most every PROGRESS_MIN_SECONDS."""
+        last = 0.0
         async for item in progress:
+            now = time.monotonic()
+            if item.preview_png is None and item.step < item.total and now - last < PROGRESS_MIN_SECONDS:
+                continue
+            last = now
             header = {"batch_id": held.batch_id, "job_id": self._job_id(handle), "attempt": held.attempt,
                       "step": item.step, "total": item.total}
             with contextlib.suppress(*CONNECTION_ERRORS):  # progress is a nicety; results are what must arrive
