@@ -218,11 +218,12 @@ def _colour_output(conv: torch.nn.Conv2d) -> None:
 def init_as_pooling_autoencoder(vae: AutoencoderKL) -> None:
     """Set the weights so encode is an 8x8 average of the colours and decode repeats each latent pixel 8x8.
 
-    Training a randomly initialised VAE this small is slow: GroupNorm removes every picture's mean and contrast,
-    and it has to learn to carry colour around that. From this start (residual branches and attention outputs
-    zero, a constant trunk channel keeping GroupNorm affine) it reconstructs colour from step one and fitting only
-    adds detail. Weights the identity path does not need keep their random values, so the fourth latent channel
-    and the residual branches can learn.
+    From its random init this small VAE learns slowly: after 400 steps pictures still came back greyish
+    (held-out correlation about 0.6; GroupNorm strips each picture's mean and contrast, which colour has to get
+    around). From this start (residual branches and attention outputs zero, a constant trunk channel keeping
+    GroupNorm affine) it reconstructs colour from step one (correlation about 0.98) and fitting adds detail.
+    Weights the identity path does not need keep their random values, so the fourth latent channel and the
+    residual branches can learn.
     """
     if vae.config.norm_num_groups != 1:
         raise ValueError("the pooling start needs norm_num_groups=1 (one GroupNorm group sees the constant channel)")
@@ -342,8 +343,8 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     vae = fit_tiny_vae(args.steps, log=lambda line: print(line, flush=True))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(args.out),
-              metadata={"fit_seed": str(FIT_SEED), "steps": str(args.steps)})
+    # no metadata: safetensors writes its keys in random order, and the file must come out byte-identical
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(args.out))
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes) in {time.perf_counter() - started:.0f}s")
 
 

@@ -60,9 +60,9 @@ TINY_VAE_CONFIG: dict[str, Any] = {
     "block_out_channels": (8, 8, 16, 16),
     "layers_per_block": 1,
     "latent_channels": 4,
-    # One GroupNorm group (SD has 4+ channels per group): in groups of 2 channels the decoder's last GroupNorm
-    # keeps only the sign of a flat area's colour (fitted that way, pictures came back grey, correlation ~0.6).
-    # One group also lets the fit start from an exact pooling autoencoder (generation/fit_tiny_vae.py).
+    # One GroupNorm group (SD has 4 channels per group): with 8 channels in groups of 2, the decoder's last
+    # GroupNorm maps any flat picture to +-1 per channel, keeping only signs of its colour. One group also lets
+    # the fit start from an exact pooling autoencoder (generation/fit_tiny_vae.py). Parameter count unchanged.
     "norm_num_groups": 1,
     "sample_size": 256,
     "scaling_factor": 0.18215,

@@ -12,8 +12,14 @@ from diffusers import AutoencoderKL, StableDiffusionImg2ImgPipeline, StableDiffu
 from PIL import Image
 from safetensors.torch import load_file
 
-from generation.fit_tiny_vae import FIT_SEED, fit_tiny_vae, rescale_latents, synthetic_batch
-from generation.tiny import TINY_VAE_CONFIG, TINY_VAE_WEIGHTS, build_tiny_pipeline
+from generation.fit_tiny_vae import (
+    FIT_SEED,
+    fit_tiny_vae,
+    init_as_pooling_autoencoder,
+    rescale_latents,
+    synthetic_batch,
+)
+from generation.tiny import TINY_SEED, TINY_VAE_CONFIG, TINY_VAE_WEIGHTS, build_tiny_pipeline
 
 HELD_OUT_SEED = 4242  # the fit draws its pictures from FIT_SEED, FIT_SEED + 2
 assert HELD_OUT_SEED not in (FIT_SEED, FIT_SEED + 1, FIT_SEED + 2)
@@ -124,6 +130,22 @@ def test_rescaling_the_latents_keeps_reconstructions(tiny: StableDiffusionPipeli
     assert torch.allclose(after.mean, 3 * before.mean, atol=1e-4)
     assert torch.allclose(after.std, 3 * before.std, rtol=1e-4)
     assert torch.allclose(reconstruct(vae, pictures), reconstruct(tiny.vae, pictures), atol=1e-4)
+
+
+def test_the_fit_starts_from_an_8x8_pooling_autoencoder() -> None:
+    picture = photo_like(64)[None]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)  # as the fit does; the weights the start leaves random add a little error
+        vae = AutoencoderKL(**TINY_VAE_CONFIG).eval()
+    init_as_pooling_autoencoder(vae)
+    with torch.no_grad():
+        latents = vae.encode(picture).latent_dist.mean
+        decoded = vae.decode(latents).sample
+    blocks = torch.nn.functional.avg_pool2d(picture, 8)
+    assert torch.allclose(latents[:, :3], blocks, atol=0.02)
+    assert torch.allclose(decoded, torch.nn.functional.interpolate(blocks, scale_factor=8.0), atol=0.05)
+    with pytest.raises(ValueError, match="norm_num_groups=1"):
+        init_as_pooling_autoencoder(AutoencoderKL(**{**TINY_VAE_CONFIG, "norm_num_groups": 4}))
 
 
 @pytest.mark.slow
