@@ -2,22 +2,30 @@
 
 ``tiny`` is a real ``StableDiffusionPipeline`` (cross-attention UNet, four-block VAE so latents are 8x smaller,
 CLIP text encoder, the project's own tokenizer) scaled down so a 256x256 image at 20 steps takes about half a
-second on two CPU cores. Its images are noise-like but fully deterministic, which is what the tests, the demo
-playground and the ``fallback_to_tiny`` mode need. ``sd15-random`` has Stable Diffusion 1.5's exact
+second on two CPU cores. Its UNet and text encoder have random (seeded) weights, so its text-to-image output is
+noise-like but fully deterministic, which is what the tests, the demo playground and the ``fallback_to_tiny`` mode
+need. Its VAE, though, is a real (crude) autoencoder: with a random one decode(encode(x)) does not resemble x, and
+img2img features (Upscale, Vary, image input) could not be tested for resemblance. The VAE weights are fitted once by
+``python -m generation.fit_tiny_vae`` and shipped as ``assets/tiny_vae.safetensors`` (288 KB) rather than
+fitted at first use: fitting takes minutes of CPU, while tests, CI and the playground must start in a second and
+get the same weights everywhere, whatever the machine. ``sd15-random`` has Stable Diffusion 1.5's exact
 architecture with random weights so the benchmark measures real-size compute without downloading anything.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from generation.tokenizer import build_offline_clip_tokenizer
 
 TINY_SEED = 20240501
+TINY_VAE_WEIGHTS = Path(__file__).parent / "assets" / "tiny_vae.safetensors"
 
 # The noise schedule every SD 1.x checkpoint was trained with; make_scheduler() derives all samplers from it.
 SD_SCHEDULER_CONFIG: dict[str, Any] = {
@@ -52,7 +60,10 @@ TINY_VAE_CONFIG: dict[str, Any] = {
     "block_out_channels": (8, 8, 16, 16),
     "layers_per_block": 1,
     "latent_channels": 4,
-    "norm_num_groups": 4,
+    # One GroupNorm group (SD has 4 channels per group): with 8 channels in groups of 2, the decoder's last
+    # GroupNorm maps any flat picture to +-1 per channel, keeping only signs of its colour. One group also lets
+    # the fit start from an exact pooling autoencoder (generation/fit_tiny_vae.py). Parameter count unchanged.
+    "norm_num_groups": 1,
     "sample_size": 256,
     "scaling_factor": 0.18215,
 }
@@ -105,8 +116,10 @@ def _text_config(vocab_size: int, bos: int, eos: int, **sizes: Any) -> CLIPTextC
 
 
 def _assemble(unet_config: dict[str, Any], vae_config: dict[str, Any], text_sizes: dict[str, Any],
-              dtype: torch.dtype, seed: int, vocab_size: int | None = None) -> StableDiffusionPipeline:
-    """Build the components under a fixed seed, leaving the caller's global RNG state untouched."""
+              dtype: torch.dtype, seed: int, vocab_size: int | None = None,
+              vae_weights: Path | None = None) -> StableDiffusionPipeline:
+    """Build the components under a fixed seed, leaving the caller's global RNG state untouched. The VAE is still
+    initialised randomly before ``vae_weights`` replace its weights, so the text encoder's init stays the same."""
     tokenizer = build_offline_clip_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -115,6 +128,11 @@ def _assemble(unet_config: dict[str, Any], vae_config: dict[str, Any], text_size
         text_encoder = CLIPTextModel(
             _text_config(vocab_size or len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, **text_sizes)
         )
+    if vae_weights is not None:
+        if not vae_weights.is_file():
+            raise FileNotFoundError(f"{vae_weights} is missing from the installation: reinstall imagine-bot, or "
+                                    "recreate it with: python -m generation.fit_tiny_vae")
+        vae.load_state_dict(load_file(str(vae_weights)), strict=True)
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -132,8 +150,8 @@ def _assemble(unet_config: dict[str, Any], vae_config: dict[str, Any], text_size
 
 
 def build_tiny_pipeline(dtype: torch.dtype = torch.float32) -> StableDiffusionPipeline:
-    """The built-in ``tiny`` model: same weights on every call (fixed init seed), on the CPU."""
-    return _assemble(TINY_UNET_CONFIG, TINY_VAE_CONFIG, TINY_TEXT_SIZES, dtype, TINY_SEED)
+    """The built-in ``tiny`` model: same weights on every call (fixed init seed, fitted VAE), on the CPU."""
+    return _assemble(TINY_UNET_CONFIG, TINY_VAE_CONFIG, TINY_TEXT_SIZES, dtype, TINY_SEED, vae_weights=TINY_VAE_WEIGHTS)
 
 
 def build_sd15_random_pipeline(dtype: torch.dtype = torch.float32) -> StableDiffusionPipeline:
