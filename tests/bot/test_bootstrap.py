@@ -121,20 +121,22 @@ def test_model_load_error_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "x" * 30 not in err
 
 
-def bot_settings(server: LocalDiscordServer, tmp_path: Path, **generation: Any) -> Any:
+def bot_settings(server: LocalDiscordServer, tmp_path: Path, database_url: str | None = None,
+                 **generation: Any) -> Any:
     return settings_from_mapping({
         "discord": {"token": server.token, "api_base_url": server.api_base_url,
                     "gateway_url": server.gateway_url, "guild_ids": [server.guild.id]},
-        "database": {"url": f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"},
+        "database": {"url": database_url or f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"},
         "storage": {"images_dir": str(tmp_path / "images")},
         "generation": {"model": "tiny", "device": "cpu", "default_steps": 2, "default_width": 64,
                        "default_height": 64, "min_size": 64, "max_size": 256, **generation},
     }, environ={})
 
 
-async def test_recovery_delivers_or_fails_each_unfinished_job(tmp_path: Path) -> None:
+async def test_recovery_delivers_or_fails_each_unfinished_job(tmp_path: Path, db_url: str) -> None:
+    """The whole bot on SQLite and on PostgreSQL: migrations, start-up sweep, recovery, delivery."""
     async with LocalDiscordServer(token="recovery-token-0123456789") as server:
-        settings = bot_settings(server, tmp_path)
+        settings = bot_settings(server, tmp_path, db_url)
         await upgrade_to_head(settings.database.url)
         db = Database.connect(settings.database.url)
         bob, carol = server.members["bob"], server.members["carol"]
