@@ -9,7 +9,8 @@ a contest per 2,000 jobs with 40 entries and 8 votes each, one refusal per 100 j
 (``executemany`` on SQLite, ``COPY`` on PostgreSQL) at revision 0002, then the migrations run to head, as an
 existing bot's upgrade would (so revision 0006 fills its aggregates from the rows).
 
-Then it times the project's own functions, median of ``--runs`` after a warm-up:
+Then it times the project's own functions, median of ``--runs`` rounds after a warm-up round; every round
+runs each operation on every database in turn, so a busy moment of a shared machine hits all sizes alike:
 
 * rate-limit reserve (``RateLimiter.reserve``), accepting a job (``JobJournal.accept``), the whole gate
   (``gate.submission.submit``: validate, filter, limit, journal), /history (``repository.jobs_for_user``) and
@@ -34,6 +35,7 @@ import os
 import platform
 import random
 import shutil
+import signal
 import sqlite3
 import statistics
 import sys
@@ -445,21 +447,23 @@ async def drop_followers() -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def median_ms(call: Callable[[], Awaitable[Any]], runs: int,
-                    before: Callable[[], Awaitable[Any]] | None = None,
-                    after: Callable[[Any], Awaitable[Any]] | None = None) -> float:
-    samples = []
-    for attempt in range(runs + 1):  # the first is a warm-up
-        if before is not None:
-            await before()
+@dataclass
+class Operation:
+    """One timed call, with untimed set-up before it and clean-up (and checks) after it."""
+
+    call: Callable[[], Awaitable[Any]]
+    before: Callable[[], Awaitable[Any]] | None = None
+    after: Callable[[Any], Awaitable[Any]] | None = None
+
+    async def time_ms(self) -> float:
+        if self.before is not None:
+            await self.before()
         started = time.perf_counter()
-        result = await call()
+        result = await self.call()
         elapsed = time.perf_counter() - started
-        if after is not None:
-            await after(result)
-        if attempt:
-            samples.append(elapsed * 1000)
-    return statistics.median(samples)
+        if self.after is not None:
+            await self.after(result)
+        return elapsed * 1000
 
 
 def _plant_crash_leftovers(images_dir: Path, job_ids: Sequence[int]) -> None:
@@ -489,53 +493,56 @@ async def _plant_old_files(db: Database, images_dir: Path, history: History, n: 
     return len(rows)
 
 
-async def time_commands(url: str, images_dir: Path, history: History, runs: int, full_sweep: bool
-                        ) -> dict[str, float]:
-    db = Database.connect(url)
-    settings = settings_from_mapping({
-        "database": {"url": url}, "storage": {"images_dir": str(images_dir)},
-        "generation": {"model": "tiny", "queue_size": 100_000},
-        "rate_limits": {"images_per_window": 1_000_000, "window_seconds": 3600, "max_queued_per_user": 1_000_000},
-        "content_filter": {"blocked_terms": ["forbidden word"], "regex_rules": []},
-    }, environ={})
-    worker = HoldingWorker()
-    journal = JobJournal(db, worker, images_dir, "sd15")  # type: ignore[arg-type]
-    limiter = RateLimiter(db, settings.rate_limits)
-    contests = build_contest_service(db, content_filter=None, images_dir=images_dir)
-    services = Services(settings=settings, db=db, model=ModelInfo("sd15"), worker=worker,  # type: ignore[arg-type]
-                        journal=journal, content_filter=ContentFilter(settings.content_filter.blocked_terms),
-                        rate_limiter=limiter, contests=contests, images_dir=images_dir)
-    guild, member, channel = history.largest_guild, history.busiest_member, history.busiest_channel
-    template = await repository.get_job(db, history.unfinished_ids[0])
-    assert template is not None
-    results: dict[str, float] = {}
+class Subject:
+    """One built database (a backend at a size) with the bot's parts on it, and its timed operations."""
 
-    async def cancel_job(job_id: int) -> None:
+    def __init__(self, backend: str, size: int, url: str, images_dir: Path, history: History) -> None:
+        self.backend, self.size, self.history, self.images_dir = backend, size, history, images_dir
+        self.db = Database.connect(url)
+        settings = settings_from_mapping({
+            "database": {"url": url}, "storage": {"images_dir": str(images_dir)},
+            "generation": {"model": "tiny", "queue_size": 100_000},
+            "rate_limits": {"images_per_window": 1_000_000, "window_seconds": 3600,
+                            "max_queued_per_user": 1_000_000},
+            "content_filter": {"blocked_terms": ["forbidden word"], "regex_rules": []},
+        }, environ={})
+        worker = HoldingWorker()
+        self.journal = JobJournal(self.db, worker, images_dir, "sd15")  # type: ignore[arg-type]
+        self.limiter = RateLimiter(self.db, settings.rate_limits)
+        self.contests = build_contest_service(self.db, content_filter=None, images_dir=images_dir)
+        self.services = Services(settings=settings, db=self.db, model=ModelInfo("sd15"),
+                                 worker=worker,  # type: ignore[arg-type]
+                                 journal=self.journal, rate_limiter=self.limiter, contests=self.contests,
+                                 content_filter=ContentFilter(settings.content_filter.blocked_terms),
+                                 images_dir=images_dir)
+        self.planted: list[int] = []
+
+    async def close(self) -> None:
         await drop_followers()
-        await repository.mark_cancelled(db, job_id)
+        await self.contests.close()
+        await self.db.close()
 
-    try:
-        results["rate-limit reserve"] = await median_ms(
-            lambda: limiter.reserve(guild, member, 1), runs, after=limiter.release)
-        results["accept a job (journal)"] = await median_ms(
-            lambda: journal.accept(request_of(template), guild_id=guild, channel_id=channel, user_id=member,
-                                   interaction_id=1, interaction_token="t", application_id=2),
-            runs, after=lambda accepted: cancel_job(accepted[0].id))
+    async def operations(self) -> dict[str, Operation]:
+        db, history, journal, limiter = self.db, self.history, self.journal, self.limiter
+        guild, member, channel = history.largest_guild, history.busiest_member, history.busiest_channel
+        template = await repository.get_job(db, history.unfinished_ids[0])
+        assert template is not None
+        assert await repository.jobs_for_user(db, guild, member)  # (the accepted jobs add more while timing)
+        status = await self.contests.status(guild, channel, member)
+        assert status.contest.state == "running" and status.entries == history.entries_per_contest, status
+        crashed = history.unfinished_ids[:3]
+
+        async def cancel_job(job_id: int) -> None:
+            await drop_followers()
+            await repository.mark_cancelled(db, job_id)
 
         async def gate() -> Accepted:
-            outcome = await submit(services, Options(prompt="a lighthouse in a storm", count=1),
+            outcome = await submit(self.services, Options(prompt="a lighthouse in a storm", count=1),
                                    Origin(user_id=member, channel_id=channel, guild_id=guild))
             assert isinstance(outcome, Accepted), outcome
             return outcome
 
-        results["gate (validate, filter, limit, journal)"] = await median_ms(
-            gate, runs, after=lambda accepted: cancel_job(accepted.job.id))
-        history_rows = await repository.jobs_for_user(db, guild, member)
-        assert len(history_rows) == 10
-        results["/history"] = await median_ms(lambda: repository.jobs_for_user(db, guild, member), runs)
-        results["/stats (largest server)"] = await median_ms(lambda: repository.guild_stats(db, guild), runs)
-
-        async def running_again() -> None:
+        async def running_again() -> None:  # the batch that was running when the bot stopped
             for job_id in history.running_ids:
                 await repository.mark_running(db, job_id)
 
@@ -548,41 +555,73 @@ async def time_commands(url: str, images_dir: Path, history: History, runs: int,
             assert count == history.shape.unfinished, count
             await drop_followers()
 
-        results["start-up: recover 100 unfinished jobs"] = await median_ms(recover, runs, before=running_again,
-                                                                           after=after_recover)
-        crashed = history.unfinished_ids[:3]
-
         async def check_sweep(report: Any) -> None:
             assert len(report.orphan_files_removed) == 2 * len(crashed), report
 
-        results["start-up: sweep"] = await median_ms(
-            lambda: sweep_orphans(db, images_dir), runs,
-            before=lambda: asyncio.to_thread(_plant_crash_leftovers, images_dir, crashed), after=check_sweep)
-        status = await contests.status(guild, channel, member)
-        assert status.contest.state == "running" and status.entries == history.entries_per_contest, status
-        results["/contest status"] = await median_ms(lambda: contests.status(guild, channel, member), runs)
-
-        planted: list[int] = []
-
-        async def plant() -> None:
-            planted.append(await _plant_old_files(db, images_dir, history))
+        async def plant_old_files() -> None:
+            self.planted.append(await _plant_old_files(db, self.images_dir, history))
 
         async def check_prune(report: Any) -> None:
             # The planted ones, and any image that crossed the age limit since the history was written.
-            assert report.files_deleted >= planted[-1], (report, planted)
+            assert report.files_deleted >= self.planted[-1], (report, self.planted)
 
-        results["db prune (20+ old files)"] = await median_ms(
-            lambda: prune(db, images_dir, timedelta(days=history.shape.keep_days)), runs, before=plant,
-            after=check_prune)
-        if full_sweep:
+        return {
+            "rate-limit reserve": Operation(lambda: limiter.reserve(guild, member, 1), after=limiter.release),
+            "accept a job (journal)": Operation(
+                lambda: journal.accept(request_of(template), guild_id=guild, channel_id=channel, user_id=member,
+                                       interaction_id=1, interaction_token="t", application_id=2),
+                after=lambda accepted: cancel_job(accepted[0].id)),
+            "gate (validate, filter, limit, journal)": Operation(
+                gate, after=lambda accepted: cancel_job(accepted.job.id)),
+            "/history": Operation(lambda: repository.jobs_for_user(db, guild, member)),
+            "/stats (largest server)": Operation(lambda: repository.guild_stats(db, guild)),
+            "start-up: recover 100 unfinished jobs": Operation(recover, before=running_again, after=after_recover),
+            "start-up: sweep": Operation(
+                lambda: sweep_orphans(db, self.images_dir),
+                before=lambda: asyncio.to_thread(_plant_crash_leftovers, self.images_dir, crashed),
+                after=check_sweep),
+            "/contest status": Operation(lambda: self.contests.status(guild, channel, member)),
+            "db prune (20+ old files)": Operation(
+                lambda: prune(db, self.images_dir, timedelta(days=history.shape.keep_days)),
+                before=plant_old_files, after=check_prune),
+        }
+
+
+async def time_interleaved(subjects: list[Subject], runs: int, full_sweep: bool, log: Callable[[str], None]
+                           ) -> dict[tuple[str, int], dict[str, float]]:
+    """Medians of ``runs`` rounds after a warm-up round; each round times every operation on every database in
+    turn, so a busy moment of a shared machine falls on all sizes alike rather than on one."""
+    operations = {(s.backend, s.size): await s.operations() for s in subjects}
+    names = list(next(iter(operations.values())))
+    samples: dict[tuple[str, int], dict[str, list[float]]] = {
+        key: {name: [] for name in names} for key in operations}
+    for round_number in range(runs + 1):
+        for name in names:
+            for key, ops in operations.items():
+                elapsed = await ops[name].time_ms()
+                if round_number:  # the first round warms caches and connection pools
+                    samples[key][name].append(elapsed)
+        log(f"  round {round_number}/{runs} done")
+    results = {key: {name: statistics.median(values) for name, values in by_name.items()}
+               for key, by_name in samples.items()}
+    if full_sweep:
+        for subject in subjects:
             started = time.perf_counter()
-            await sweep_everything(db, images_dir)
-            results["db sweep (every file and row, 1 run)"] = (time.perf_counter() - started) * 1000
-    finally:
-        await drop_followers()
-        await contests.close()
-        await db.close()
+            await sweep_everything(subject.db, subject.images_dir)
+            results[(subject.backend, subject.size)]["db sweep (every file and row, 1 run)"] = (
+                time.perf_counter() - started) * 1000
+            log(f"  db sweep on {subject.backend} {subject.size:,}: {time.perf_counter() - started:.0f} s")
     return results
+
+
+async def measure(built: list[tuple[Built, int, Path, History]], runs: int, full_sweep: bool,
+                  log: Callable[[str], None]) -> dict[tuple[str, int], dict[str, float]]:
+    subjects = [Subject(item.backend, size, item.url, images, history) for item, size, images, history in built]
+    try:
+        return await time_interleaved(subjects, runs, full_sweep, log)
+    finally:
+        for subject in subjects:
+            await subject.close()
 
 
 async def wait_for_redeliveries() -> None:
@@ -693,27 +732,26 @@ def main(argv: list[str] | None = None) -> int:
     extra: dict[str, dict[int, dict[str, str]]] = {b: {} for b in backends}
     now = datetime.now(UTC)
     try:
-        for size in sizes:
+        subjects: list[tuple[Built, int, Path, History]] = []
+        for size in sizes:  # build everything first, then time all of it in interleaved rounds
             shape = Shape(jobs=size)
             images_dir = workdir / f"images-{size}"
             shutil.rmtree(images_dir, ignore_errors=True)
             history, built, files = build(backends, shape, now, workdir, images_dir, pg, log)
             for item in built:
-                # Each backend gets its own copy of the files: the timed calls delete and plant some.
+                # Each database gets its own copy of the files: the timed calls delete and plant some.
                 backend_images = workdir / f"images-{size}-{item.backend}"
                 shutil.rmtree(backend_images, ignore_errors=True)
                 shutil.copytree(images_dir, backend_images)
-                timings = asyncio.run(time_commands(item.url, backend_images, history, args.runs, args.full_sweep))
-                results[item.backend][size] = timings
+                subjects.append((item, size, backend_images, history))
                 extra[item.backend][size] = {"rows (jobs / images / votes)": (
                     f"{history.rows['jobs']:,} / {history.rows['images']:,} / {history.rows['contest_votes']:,}"),
                     "image files": f"{files:,}", "database size": item.size,
                     "upgrade 0002 -> head (s)": f"{item.upgrade_seconds:.1f}"}
-                log(f"  {item.backend}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in timings.items()))
-                shutil.rmtree(backend_images, ignore_errors=True)
-                if item.backend == "postgresql":
-                    pg.drop_database(f"history_{size}")
             shutil.rmtree(images_dir, ignore_errors=True)
+        log("timing: every operation on every database in turn, round after round")
+        for (backend, size), timings in asyncio.run(measure(subjects, args.runs, args.full_sweep, log)).items():
+            results[backend][size] = timings
     finally:
         if pg is not None:
             pg.stop()
@@ -734,5 +772,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # A plain `kill` ends the run through its clean-up too (the PostgreSQL server, the temporary files).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with contextlib.suppress(KeyboardInterrupt):
         raise SystemExit(main())

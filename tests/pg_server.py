@@ -15,6 +15,7 @@ both load it by path, because the suite runs with ``--import-mode=importlib``.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import itertools
 import os
@@ -112,6 +113,7 @@ class ThrowawayPostgres:
     def start(self) -> ThrowawayPostgres:
         """initdb and start on a free loopback port (a few tries: another process may take the port first)."""
         self.folder = Path(tempfile.mkdtemp(prefix="imagine-pg-"))
+        atexit.register(self.stop)  # also when the process ends without running its fixtures' teardown
         if self.user is not None:
             shutil.chown(self.folder, self.user)
         data = self.folder / "data"

@@ -122,13 +122,17 @@ def test_model_load_error_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "x" * 30 not in err
 
 
-def bot_settings(server: LocalDiscordServer, tmp_path: Path, **generation: Any) -> Settings:
-    return local_bot_settings(server, tmp_path, discord={"progress_edit_seconds": 1.0}, generation=generation)
+def bot_settings(server: LocalDiscordServer, tmp_path: Path, database_url: str | None = None,
+                 **generation: Any) -> Settings:
+    database = {"database": {"url": database_url}} if database_url else {}
+    return local_bot_settings(server, tmp_path, discord={"progress_edit_seconds": 1.0}, generation=generation,
+                              **database)
 
 
-async def test_recovery_delivers_or_fails_each_unfinished_job(tmp_path: Path) -> None:
+async def test_recovery_delivers_or_fails_each_unfinished_job(tmp_path: Path, db_url: str) -> None:
+    """The whole bot on SQLite and on PostgreSQL: migrations, start-up sweep, recovery, delivery."""
     async with LocalDiscordServer(token="recovery-token-0123456789") as server:
-        settings = bot_settings(server, tmp_path)
+        settings = bot_settings(server, tmp_path, db_url)
         await upgrade_to_head(settings.database.url)
         db = Database.connect(settings.database.url)
         bob, carol = server.members["bob"], server.members["carol"]
