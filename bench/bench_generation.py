@@ -39,7 +39,7 @@ from diffusers import StableDiffusionPipeline  # noqa: E402
 
 from generation.engine import DiffusionEngine  # noqa: E402
 from generation.loading import LoadedModel, resolve_device, resolve_dtype  # noqa: E402
-from generation.request import GenerationRequest  # noqa: E402
+from generation.request import GenerationRequest, ImageParams  # noqa: E402
 from generation.schedulers import make_scheduler  # noqa: E402
 from generation.settings import GenerationSettings  # noqa: E402
 from generation.tiny import build_sd15_random_pipeline, build_tiny_pipeline  # noqa: E402
@@ -110,15 +110,16 @@ class RecordingEngine:
         return getattr(self._engine, name)
 
     def generate(self, requests: Sequence[GenerationRequest], **kw: Any) -> list[list[Any]]:
-        self.calls.append(sum(r.count for r in requests))
+        self.calls.append(sum(r.params.count for r in requests))
         return self._engine.generate(requests, **kw)
 
 
 def make_requests(args: argparse.Namespace, n: int = 8) -> list[GenerationRequest]:
     return [
-        GenerationRequest(prompt=PROMPTS[i % len(PROMPTS)], negative_prompt="blurry" if i % 2 else "",
-                          seed=1000 + i, steps=args.steps, guidance=7.5, width=args.size, height=args.size,
-                          count=1, scheduler=args.scheduler, requester_id=f"member-{i}")
+        GenerationRequest(ImageParams(prompt=PROMPTS[i % len(PROMPTS)], negative_prompt="blurry" if i % 2 else "",
+                                      seed=1000 + i, steps=args.steps, guidance=7.5, width=args.size,
+                                      height=args.size, count=1, scheduler=args.scheduler, model=args.arch),
+                          requester_id=f"member-{i}")
         for i in range(n)
     ]
 
@@ -150,7 +151,7 @@ async def through_worker(engine: RecordingEngine, requests: list[GenerationReque
         elapsed = time.perf_counter() - started
     finally:
         await worker.close()
-    assert sum(len(r.images) for r in results) == sum(r.count for r in requests)
+    assert sum(len(r.images) for r in results) == sum(r.params.count for r in requests)
     return elapsed
 
 
@@ -166,12 +167,13 @@ def vanilla_pipeline(loaded: LoadedModel, scheduler: str) -> StableDiffusionPipe
 def direct_call(pipe: StableDiffusionPipeline, requests: Sequence[GenerationRequest], device: torch.device) -> float:
     """One diffusers call for *requests* (one generator per image, as the engine does)."""
     gen_device = "cuda" if device.type == "cuda" else "cpu"
+    params = [r.params for r in requests]
     started = time.perf_counter()
     with torch.inference_mode():
-        pipe(prompt=[r.prompt for r in requests], negative_prompt=[r.negative_prompt for r in requests],
-             num_inference_steps=requests[0].steps, guidance_scale=requests[0].guidance,
-             width=requests[0].width, height=requests[0].height,
-             generator=[torch.Generator(gen_device).manual_seed(r.seed) for r in requests])
+        pipe(prompt=[p.prompt for p in params], negative_prompt=[p.negative_prompt for p in params],
+             num_inference_steps=params[0].steps, guidance_scale=params[0].guidance,
+             width=params[0].width, height=params[0].height,
+             generator=[torch.Generator(gen_device).manual_seed(p.seed) for p in params])
     sync(device)
     return time.perf_counter() - started
 

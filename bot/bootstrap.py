@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bot.clock import Clock
 from bot.config import Settings
-from bot.contests.service import build_contest_service
+from bot.contests.service import ContestService
 from bot.discord.client import ImagineBot, ShardedImagineBot, create_bot
 from bot.discord.endpoints import configure_endpoints
-from bot.discord.output_safety import load_safety_checker
 from bot.gate.content_filter import ContentFilter
 from bot.gate.rate_limits import RateLimiter
 from bot.journal.job_journal import JobJournal
@@ -30,9 +30,9 @@ from bot.services import ModelInfo, Services
 from bot.storage.db import Database, upgrade_to_head
 from bot.storage.images import sweep_orphans
 from bot.storage.preflight import check_storage
-from bot.timers.clock import Clock
 from generation.engine import DiffusionEngine
 from generation.loading import LoadedModel, load_pipeline
+from generation.safety import load_safety_checker
 from generation.worker import GenerationWorker
 
 log = logging.getLogger(__name__)
@@ -55,9 +55,9 @@ async def build_services(settings: Settings, *, model: LoadedModel | None = None
     Raises :class:`generation.loading.ModelLoadError` (with a message for the admin) when it cannot be loaded,
     and :class:`bot.storage.preflight.StorageError` (a ConfigError) when the database or images folder cannot be
     used; both before anything else is built.
-    ``clock`` (a :class:`bot.timers.clock.Clock`) lets tests drive contest deadlines; default: real time.
+    ``clock`` (a :class:`bot.clock.Clock`) lets tests drive contest deadlines; default: real time.
     """
-    content_filter = ContentFilter(settings.content_filter.blocked_terms, settings.content_filter.regex_rules)
+    content_filter = ContentFilter.from_settings(settings.content_filter)
     await asyncio.to_thread(check_storage, settings)  # creates the database file and images folder, private
     if settings.database.auto_upgrade:
         await upgrade_to_head(settings.database.url)  # runs Alembic in a thread
@@ -90,7 +90,7 @@ async def build_services(settings: Settings, *, model: LoadedModel | None = None
         journal = JobJournal(db, worker, images_dir, info.name)
         rate_limiter = RateLimiter(db, settings.rate_limits, queue_size=gen.queue_size)
         log.info("content filter: %d global term(s), %d rule(s)", content_filter.term_count, content_filter.rule_count)
-        contests = build_contest_service(db, content_filter=content_filter, images_dir=images_dir, clock=clock)
+        contests = ContestService(db, clock=clock, content_filter=content_filter, images_dir=images_dir)
         return Services(settings=settings, db=db, model=info, engine=engine, worker=worker, journal=journal,
                         content_filter=content_filter, rate_limiter=rate_limiter, safety_checker=safety_checker,
                         images_dir=images_dir, contests=contests)

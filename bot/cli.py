@@ -101,9 +101,9 @@ def run_main(args: argparse.Namespace) -> int:
         print(NO_TOKEN_HELP, file=sys.stderr)
         return _start_playground(settings)
     from bot.bootstrap import run_bot  # torch and discord load here, not for `imagine-bot db`
-    from bot.discord.output_safety import SafetyCheckerLoadError
     from bot.gate.content_filter import FilterConfigError
     from generation.loading import ModelLoadError
+    from generation.safety import SafetyCheckerLoadError
 
     adopt_library_loggers()
     try:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_core import PydanticCustomError
 
+from bot.bounded_regex import RegexRuleError, compile_rule
 from bot.redaction import looks_secret, redact_token_shapes
 from generation.settings import GenerationSettings
 
@@ -64,9 +66,24 @@ class RateLimitSettings(_Section):
         description="the largest share of generation.queue_size one server's queued and running jobs may take")
 
 
+def _bounded_regex(pattern: str) -> str:
+    """Refuse at load a regex rule that RE2 cannot run in linear time (the filter compiles it the same way)."""
+    try:
+        compile_rule(pattern)
+    except RegexRuleError as exc:
+        raise PydanticCustomError("regex_rule", str(exc)) from None
+    return pattern
+
+
 class ContentFilterSettings(_Section):
     blocked_terms: list[str] = Field(default_factory=list)
-    regex_rules: list[str] = Field(default_factory=list)
+    regex_rules: list[Annotated[str, AfterValidator(_bounded_regex)]] = Field(default_factory=list)
+    negative_prompt_terms: list[str] = Field(default_factory=list, description="the only terms a negative prompt "
+                                             "is checked for: 'nsfw' there keeps such content out")
+    default_rules: bool = Field(True, description="the shipped rules (bot/gate/default_rules.yaml); /settings can "
+                                "choose per server")
+    co_occurrence_rules: list[list[list[str]]] = Field(
+        default_factory=list, description="refuse a prompt with a term from every list of a rule")
     nsfw_policy: Literal["block", "spoiler", "allow"] = "block"
     nsfw_channel_policy: Literal["block", "spoiler", "allow"] = "spoiler"
 

@@ -12,14 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bot.gate.submission import Gate
+
 if TYPE_CHECKING:
     from bot.config import Settings
     from bot.contests.service import ContestService
-    from bot.discord.output_safety import OutputChecker
     from bot.gate.content_filter import ContentFilter
     from bot.gate.rate_limits import RateLimiter
     from bot.journal.job_journal import JobJournal
     from bot.storage.db import Database
+    from generation.safety import OutputChecker
     from generation.worker import GenerationWorker
 
 SHUTDOWN_DELIVERY_TIMEOUT = 30.0
@@ -52,6 +54,11 @@ class Services:
     engine: Any = None  # the BatchEngine the worker drives (kept so the playground can reuse a loaded pipeline)
     _stopped: bool = field(default=False, repr=False)
     _closed: bool = field(default=False, repr=False)
+
+    @property
+    def gate(self) -> Gate:
+        """The gate every new job passes (/imagine, Rerun, 🔄), over these services' parts."""
+        return Gate(self.settings.generation, self.db, self.content_filter, self.rate_limiter, self.journal)
 
     async def stop_work(self) -> None:
         """Stop taking jobs (queued ones stay journalled for the next start); finish and deliver the running batch.

@@ -46,7 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--height", type=int, default=None, help="multiple of 8")
     parser.add_argument("--count", type=int, default=1, help="images, 1-4 (default: %(default)s)")
     parser.add_argument("--scheduler", default=None, help="euler_a, euler, dpmpp_2m, ddim, ... (or 'Euler a')")
-    parser.add_argument("--model", default=None, help="'tiny', a diffusers folder, a .safetensors file or a hub id")
+    parser.add_argument("--model", default=None, help="a name from generation.models, or a model source: 'tiny', a "
+                        "diffusers folder, a .safetensors file or a hub id")
+    parser.add_argument("--style", default=None, help="a name from generation.styles")
+    parser.add_argument("--image", default=None, help="PNG/JPEG/WebP file to start from (img2img)")
+    parser.add_argument("--strength", type=float, default=None, help="img2img strength, 0.05-1 (how much changes)")
+    parser.add_argument("--upscale", type=float, default=None, help="upscale --image by this factor (hires fix)")
     parser.add_argument("--device", default=None, choices=["auto", "cuda", "mps", "cpu"])
     parser.add_argument("--dtype", default=None, choices=["auto", "fp16", "bf16", "fp32"])
     parser.add_argument("--config", default=None, help="config.yaml to read the 'generation' section from")
@@ -131,15 +136,18 @@ class _Bar:
 async def _run(request: GenerationRequest, settings: GenerationSettings, show_progress: bool,
                outputs: list[Path]) -> int:
     from generation.engine import DiffusionEngine
-    from generation.loading import load_pipeline
+    from generation.models import ModelRegistry
     from generation.worker import GenerationError, GenerationWorker
 
-    loaded = await asyncio.to_thread(load_pipeline, settings)  # slow; keep the loop (and Ctrl-C) responsive
+    registry = ModelRegistry(settings)
+    # Load before queueing (slow; off the loop so Ctrl-C works): a model that does not load is the admin's error,
+    # printed whole, not the member's sentence the worker would give.
+    loaded = await asyncio.to_thread(registry.get, request.params.model)
     if loaded.banner:
         print(f"warning: {loaded.banner}", file=sys.stderr)
-    engine = DiffusionEngine(loaded, settings)
-    worker = GenerationWorker(engine, queue_size=1, max_batch_size=max(settings.max_batch_size, request.count),
-                              previews=False)
+    engine = DiffusionEngine(registry, settings)
+    worker = GenerationWorker(engine, queue_size=1,
+                              max_batch_size=max(settings.max_batch_size, request.params.count), previews=False)
     await worker.start()
     bar = _Bar(show_progress, sys.stderr)
     try:
@@ -173,6 +181,13 @@ async def _run(request: GenerationRequest, settings: GenerationSettings, show_pr
     return EXIT_OK
 
 
+def _read_image(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read the image {path} ({exc.strerror or exc}).") from None
+
+
 def _quiet_libraries() -> None:
     """Library chatter (e.g. transformers' torchvision notice) would bury the one line that matters."""
     try:
@@ -191,12 +206,17 @@ def generate_main(argv: Sequence[str]) -> int:
     except SystemExit as exc:  # argparse already printed the usage line (or --help)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
-        settings = load_generation_settings(args.config, {"model": args.model, "device": args.device,
-                                                          "dtype": args.dtype})
+        settings = load_generation_settings(args.config, {"device": args.device, "dtype": args.dtype})
+        model_name = args.model
+        if args.model is not None and args.model not in settings.models:  # a source: it becomes the only model
+            settings = settings.model_copy(update={"model": args.model, "models": {}, "default_model": None})
+            model_name = None
+        init_image = _read_image(args.image) if args.image else None
         request = validate_request(settings, prompt=args.prompt, negative_prompt=args.negative, seed=args.seed,
                                    steps=args.steps, guidance=args.guidance, width=args.width, height=args.height,
-                                   count=args.count, scheduler=args.scheduler)
-        outputs = output_paths(Path(args.output), request.count)
+                                   count=args.count, scheduler=args.scheduler, model=model_name, style=args.style,
+                                   strength=args.strength, upscale=args.upscale, init_image=init_image)
+        outputs = output_paths(Path(args.output), request.params.count)
         for path in outputs:
             if not path.parent.is_dir():
                 raise CliError(f"cannot write {path}: the folder {path.parent} does not exist.")

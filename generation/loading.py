@@ -1,5 +1,6 @@
-"""Turn ``generation.model`` into a ready pipeline on the right device, or a :class:`ModelLoadError` that says
+"""Turn a model source into a ready pipeline on the right device, or a :class:`ModelLoadError` that says
 what was tried and what to set instead (the admin sees a sentence, never a traceback).
+:mod:`generation.models` decides which configured model is loaded when; this module loads one.
 
 Accepted values: ``tiny`` (built in), a local diffusers folder, a single ``.safetensors``/``.ckpt`` checkpoint
 in the original Stable Diffusion key layout, or a Hugging Face hub id (local cache first, then a download).
@@ -17,30 +18,39 @@ import hashlib
 import json
 import logging
 import os
-import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import (
+    DiffusionPipeline,
+    StableDiffusionLatentUpscalePipeline,
+    StableDiffusionPipeline,
+    StableDiffusionUpscalePipeline,
+)
 from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
 
-from generation.settings import GenerationSettings
+from generation.settings import HUB_ID, GenerationSettings, source_display_name
 from generation.tiny import TINY_TEXT_SIZES, TINY_UNET_CONFIG, build_tiny_pipeline
 from generation.tokenizer import build_offline_clip_tokenizer, cache_root
 
 log = logging.getLogger(__name__)
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model.transformer."
-WHAT_TO_SET = ("Set generation.model to a local diffusers folder, a .safetensors/.ckpt file, or 'tiny' "
-               "(or set generation.fallback_to_tiny: true to start with the test model).")
+WHAT_TO_SET = ("Set generation.model (or the entry in generation.models) to a local diffusers folder, a "
+               ".safetensors/.ckpt file, or 'tiny' (or set generation.fallback_to_tiny: true to start with the "
+               "test model).")
+# diffusers upscaler pipelines -> how many times bigger their output is than their input
+UPSCALER_SCALES: dict[type[DiffusionPipeline], int] = {
+    StableDiffusionUpscalePipeline: 4,
+    StableDiffusionLatentUpscalePipeline: 2,
+}
 
 
 class ModelLoadError(Exception):
@@ -57,6 +67,16 @@ class LoadedModel:
     dtype: torch.dtype
     is_fallback: bool = False
     banner: str | None = None
+    adapters: dict[str, str] = field(default_factory=dict)  # LoRA adapter name -> file, loaded into this pipeline
+
+
+@dataclass
+class LoadedUpscaler:
+    """``generation.upscaler``: a diffusers x4 or latent upscaler, ``scale`` times bigger output than input."""
+
+    pipeline: DiffusionPipeline
+    name: str
+    scale: int
 
 
 # --------------------------------------------------------------------------- device and dtype
@@ -273,6 +293,10 @@ def _load_folder(path: Path, dtype: torch.dtype) -> StableDiffusionPipeline:
                              f"{str(exc)[:300]}). {WHAT_TO_SET}") from exc
 
 
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
 def _load_hub(model_id: str, dtype: torch.dtype) -> StableDiffusionPipeline:
     kwargs: dict[str, Any] = {"torch_dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
     try:
@@ -280,8 +304,7 @@ def _load_hub(model_id: str, dtype: torch.dtype) -> StableDiffusionPipeline:
     except Exception as exc:
         cache_error = exc
     log.info("%s is not in the local Hugging Face cache; downloading it", model_id)
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    if offline:
+    if _offline():
         download = "not attempted because HF_HUB_OFFLINE is set"
     else:
         try:
@@ -307,7 +330,7 @@ def _load_pipeline(model: str, settings: GenerationSettings, dtype: torch.dtype)
         return _load_single_file(path, settings, dtype)
     if path.suffix.lower() in SINGLE_FILE_SUFFIXES or model.startswith(("/", ".", "~")) or os.sep in model[:1]:
         raise ModelLoadError(f"no such file or folder: {path}. {WHAT_TO_SET}")
-    if _HUB_ID.match(model):
+    if HUB_ID.match(model):
         return _load_hub(model, dtype)
     raise ModelLoadError(f"generation.model = {model!r} is neither 'tiny', an existing file or folder, nor a "
                          f"hub id like 'owner/name'. {WHAT_TO_SET}")
@@ -337,33 +360,85 @@ def _fallback_banner(model: str, reason: str) -> str:
             "local diffusers folder or .safetensors file (or a hub id with internet access) and restart.")
 
 
-def load_pipeline(settings: GenerationSettings) -> LoadedModel:
-    """Load ``settings.model`` onto ``settings.device``; raise :class:`ModelLoadError`, or with
-    ``fallback_to_tiny`` return ``tiny`` with ``is_fallback=True`` and a banner explaining why."""
+def _as_load_error(source: str, exc: Exception) -> ModelLoadError:
+    if isinstance(exc, ModelLoadError):
+        return exc
+    return ModelLoadError(f"could not load {source!r} ({type(exc).__name__}: {str(exc)[:300]}). {WHAT_TO_SET}")
+
+
+def load_model(source: str, settings: GenerationSettings, *, name: str | None = None) -> LoadedModel:
+    """Load one model ``source`` onto ``settings.device`` as ``name``; raise :class:`ModelLoadError` (no fallback)."""
     try:
         device = resolve_device(settings.device)
         dtype = resolve_dtype(settings.dtype, device)
-        log.info("loading model %r on %s as %s", settings.model, device, dtype)
-        pipe = _load_pipeline(settings.model, settings, dtype)
+        log.info("loading model %r on %s as %s", source, device, dtype)
+        pipe = _load_pipeline(source, settings, dtype)
         _place(pipe, settings, device)
-        name = "tiny" if settings.model == "tiny" else Path(settings.model).name or settings.model
-        if _HUB_ID.match(settings.model) and not Path(settings.model).exists():
-            name = settings.model
-        return LoadedModel(pipeline=pipe, name=name, device=device, dtype=dtype)
+    except Exception as exc:
+        error = _as_load_error(source, exc)
+        if error is exc:
+            raise
+        raise error from exc
+    return LoadedModel(pipeline=pipe, name=name or source_display_name(source), device=device, dtype=dtype)
+
+
+def tiny_fallback(source: str, error: ModelLoadError, settings: GenerationSettings) -> LoadedModel:
+    """``tiny`` in place of ``source`` (for ``fallback_to_tiny``), with a banner saying why."""
+    log.warning("model load failed, falling back to tiny: %s", error)
+    try:
+        device = resolve_device(settings.device)
+    except ModelLoadError:
+        device = torch.device("cpu")
+    dtype = torch.float32 if device.type == "cpu" else resolve_dtype(settings.dtype, device)
+    pipe = build_tiny_pipeline(dtype)
+    pipe.to(device)
+    return LoadedModel(pipeline=pipe, name="tiny", device=device, dtype=dtype, is_fallback=True,
+                       banner=_fallback_banner(source, str(error)))
+
+
+def load_pipeline(settings: GenerationSettings) -> LoadedModel:
+    """Load the default model; raise :class:`ModelLoadError`, or with ``fallback_to_tiny`` return ``tiny`` with
+    ``is_fallback=True`` and a banner explaining why."""
+    name = settings.default_model_name
+    source = settings.model_sources()[name]
+    try:
+        return load_model(source, settings, name=name)
+    except ModelLoadError as exc:
+        if not settings.fallback_to_tiny or source == "tiny":
+            raise
+        return tiny_fallback(source, exc, settings)
+
+
+def load_upscaler(source: str, settings: GenerationSettings) -> LoadedUpscaler:
+    """``generation.upscaler`` (a local diffusers folder or a cached hub id), checked to be an upscaler."""
+    try:
+        device = resolve_device(settings.device)
+        dtype = resolve_dtype(settings.dtype, device)
+        path = Path(source).expanduser()
+        if not path.is_dir() and not HUB_ID.match(source):
+            raise ModelLoadError(f"generation.upscaler = {source!r} is neither a local diffusers folder nor a hub "
+                                 "id like 'owner/name'.")
+        if path.is_dir():
+            pipe = DiffusionPipeline.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
+        else:
+            try:
+                pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=dtype, local_files_only=True)
+            except Exception:
+                if _offline():
+                    raise
+                log.info("upscaler %s is not in the local Hugging Face cache; downloading it", source)
+                pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=dtype)
+        scale = UPSCALER_SCALES.get(type(pipe))
+        if scale is None:
+            kinds = " or ".join(cls.__name__ for cls in UPSCALER_SCALES)
+            raise ModelLoadError(f"generation.upscaler = {source!r} is a {type(pipe).__name__}, not a {kinds}.")
+        pipe.set_progress_bar_config(disable=True)
+        pipe.to(device)
     except Exception as exc:
         error = exc if isinstance(exc, ModelLoadError) else ModelLoadError(
-            f"could not load {settings.model!r} ({type(exc).__name__}: {str(exc)[:300]}). {WHAT_TO_SET}")
-        if not settings.fallback_to_tiny or settings.model == "tiny":
-            if error is exc:
-                raise
-            raise error from exc
-        log.warning("model load failed, falling back to tiny: %s", error)
-        try:
-            device = resolve_device(settings.device)
-        except ModelLoadError:
-            device = torch.device("cpu")
-        dtype = torch.float32 if device.type == "cpu" else resolve_dtype(settings.dtype, device)
-        pipe = build_tiny_pipeline(dtype)
-        pipe.to(device)
-        return LoadedModel(pipeline=pipe, name="tiny", device=device, dtype=dtype, is_fallback=True,
-                           banner=_fallback_banner(settings.model, str(error)))
+            f"could not load the upscaler {source!r} ({type(exc).__name__}: {str(exc)[:300]}). Set "
+            "generation.upscaler to a local diffusers folder of an x4 or latent upscaler, or to null for hires fix.")
+        if error is exc:
+            raise
+        raise error from exc
+    return LoadedUpscaler(pipeline=pipe, name=source_display_name(source), scale=scale)

@@ -2,42 +2,66 @@
 
 The ``parameters`` text chunk lets a member drop the image into a web UI ("PNG Info") and get the same
 prompt, seed, sampler and size back; :func:`parse_parameters` reads it back for "remix"-style features.
+Web-UI keys are used where they exist: ``Denoising strength`` (img2img), ``Hires upscale`` (the upscale factor),
+``Model``, LoRAs as ``<lora:name:weight>`` after the prompt. The seed of the image a job varies or upscales is
+written as ``Parent seed``: the web UI's ``Variation seed`` means something else (noise blended from a second
+seed), so a web UI would reproduce the wrong image from it; an unknown key is kept and ignored there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
 from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from generation.request import GenerationRequest
+from generation.request import ImageParams
 from generation.schedulers import SAMPLER_LABELS
 
 PARAMETERS_KEY = "parameters"
 _NEGATIVE = "Negative prompt: "
 # "Key: value" pairs of the last line; a value may be a quoted string containing commas.
 _PAIR = re.compile(r'\s*([\w][\w \-/+.]*?):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+_TRAILING_LORAS = re.compile(r"(?:\s*<lora:[^:<>]+:[-+0-9.eE]+>)+\s*$")
+_LORA = re.compile(r"<lora:([^:<>]+):([-+0-9.eE]+)>")
+_INT_KEYS = ("Steps", "Seed", "Clip skip", "Parent seed")
+_FLOAT_KEYS = ("CFG scale", "Denoising strength", "Hires upscale")
 
 
 def _fmt_number(value: float) -> str:
     return f"{value:g}"
 
 
-def parameters_text(request: GenerationRequest, seed: int, model_name: str) -> str:
-    """``<prompt>\\nNegative prompt: <neg>\\nSteps: N, Sampler: X, CFG scale: G, Seed: S, Size: WxH, Model: M``;
-    the negative line is left out when empty, as A1111 does."""
-    sampler = SAMPLER_LABELS.get(request.scheduler, request.scheduler)
-    lines = [request.prompt]
-    if request.negative_prompt:
-        lines.append(_NEGATIVE + request.negative_prompt)
-    model = model_name.replace(",", " ").replace("\n", " ")
-    lines.append(
-        f"Steps: {request.steps}, Sampler: {sampler}, CFG scale: {_fmt_number(request.guidance)}, Seed: {seed}, "
-        f"Size: {request.width}x{request.height}, Model: {model}"
-    )
+def _quote(value: str) -> str:
+    """A1111's rule: a value with a comma, colon or newline is written as a JSON string."""
+    if not any(c in value for c in ",:\n\""):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def parameters_text(params: ImageParams, seed: int, model_name: str) -> str:
+    """``<prompt> <lora:n:w>\\nNegative prompt: <neg>\\nSteps: N, Sampler: X, CFG scale: G, Seed: S, Size: WxH,
+    Model: M[, Denoising strength: D][, Hires upscale: F][, Parent seed: P][, Style: name]``; the negative line is
+    left out when empty, as A1111 does. ``seed`` is this image's seed (``params.seed + index``)."""
+    sampler = SAMPLER_LABELS.get(params.scheduler, params.scheduler)
+    prompt = " ".join([params.prompt, *(f"<lora:{name}:{_fmt_number(w)}>" for name, w in params.loras)])
+    lines = [prompt]
+    if params.negative_prompt:
+        lines.append(_NEGATIVE + params.negative_prompt)
+    pairs = [("Steps", str(params.steps)), ("Sampler", sampler), ("CFG scale", _fmt_number(params.guidance)),
+             ("Seed", str(seed)), ("Size", f"{params.width}x{params.height}"), ("Model", _quote(model_name))]
+    if params.strength is not None:
+        pairs.append(("Denoising strength", _fmt_number(params.strength)))
+    if params.upscale is not None:
+        pairs.append(("Hires upscale", _fmt_number(params.upscale)))
+    if params.parent_seed is not None:
+        pairs.append(("Parent seed", str(params.parent_seed)))
+    if params.style:
+        pairs.append(("Style", _quote(params.style)))
+    lines.append(", ".join(f"{key}: {value}" for key, value in pairs))
     return "\n".join(lines)
 
 
@@ -69,13 +93,18 @@ def read_parameters(png_bytes: bytes) -> str | None:
 def _unquote(value: str) -> str:
     value = value.strip()
     if len(value) >= 2 and value[0] == value[-1] == '"':
-        return re.sub(r"\\(.)", r"\1", value[1:-1])
+        try:
+            return str(json.loads(value))
+        except ValueError:
+            return re.sub(r"\\(.)", r"\1", value[1:-1])
     return value
 
 
 def parse_parameters(text: str) -> dict[str, Any]:
-    """Parse web-UI ``parameters`` text: ``prompt``, ``negative_prompt`` and every ``Key: value`` of the last
-    line (``Steps``/``Seed`` as int, ``CFG scale`` as float, ``Size`` also as ``width``/``height``)."""
+    """Parse web-UI ``parameters`` text: ``prompt``, ``negative_prompt``, ``loras`` and every ``Key: value`` of the
+    last line (``Steps``/``Seed``/``Parent seed`` as int, ``CFG scale``/``Denoising strength``/``Hires upscale``
+    as float, ``Size`` also as ``width``/``height``). ``<lora:name:weight>`` tags at the end of the prompt are
+    taken out of ``prompt`` into ``loras`` as ``[(name, weight), ...]``."""
     lines = text.split("\n")
     last = lines[-1] if lines and re.match(r"\s*Steps:\s*\d", lines[-1]) else None
     body = lines[:-1] if last is not None else lines
@@ -88,18 +117,25 @@ def parse_parameters(text: str) -> dict[str, Any]:
             negative_lines.append(line)
         else:
             prompt_lines.append(line)
+    prompt = "\n".join(prompt_lines)
+    loras: list[tuple[str, float]] = []
+    tags = _TRAILING_LORAS.search(prompt)
+    if tags is not None and tags.start() > 0:
+        loras = [(name, float(weight)) for name, weight in _LORA.findall(tags.group())]
+        prompt = prompt[: tags.start()]
     result: dict[str, Any] = {
-        "prompt": "\n".join(prompt_lines),
+        "prompt": prompt,
         "negative_prompt": "\n".join(negative_lines) if negative_lines is not None else "",
+        "loras": loras,
     }
     if last is None:
         return result
     for key, raw in _PAIR.findall(last):
         value: Any = _unquote(raw)
-        if key in ("Steps", "Seed", "Clip skip"):
+        if key in _INT_KEYS:
             with contextlib.suppress(ValueError):
                 value = int(value)
-        elif key == "CFG scale":
+        elif key in _FLOAT_KEYS:
             with contextlib.suppress(ValueError):
                 value = float(value)
         elif key == "Size":

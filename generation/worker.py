@@ -27,8 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from generation.errors import JobRefusedError
 from generation.png import encode_png, parameters_text
-from generation.request import GenerationRequest
+from generation.request import GenerationRequest, ImageParams
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +60,17 @@ class BatchEngine(Protocol):
 
     def free_memory(self) -> None: ...
 
-    def tokens_truncated(self, prompt: str) -> bool: ...
+    def tokens_truncated(self, params: ImageParams) -> bool: ...
+
+    def model_label(self, params: ImageParams) -> str: ...
 
 
 @dataclass(frozen=True)
 class Progress:
     """Step ``step`` of ``total`` finished; ``preview_png`` is a small preview of the first image, sometimes.
 
+    Steps are counted as diffusers' progress bar counts them: ``total`` is the steps the sampler really runs
+    (``params.denoising_steps``: the requested steps, fewer for img2img), whatever the sampler's order.
     Steps restart from 1 if the batch is retried after an out-of-memory split.
     """
 
@@ -151,6 +156,10 @@ class JobHandle:
     def __repr__(self) -> str:
         return f"<JobHandle {self.job_id} {self._status} requester={self.request.requester_id}>"
 
+    @property
+    def params(self) -> ImageParams:
+        return self.request.params
+
     def __await__(self) -> Generator[Any, None, GenerationResult]:
         return asyncio.shield(self._future).__await__()
 
@@ -224,8 +233,10 @@ class _Running:
 
 
 def _cost(request: GenerationRequest) -> float:
-    """Work units of a request: images x steps, scaled to 512x512 pixels (time per step grows with pixels)."""
-    return request.count * request.steps * (request.width * request.height) / (512 * 512)
+    """Work units of a request: images x denoising steps (the unit progress reports), scaled to 512x512 pixels
+    (time per step grows with pixels)."""
+    params = request.params
+    return params.count * params.denoising_steps * (params.width * params.height) / (512 * 512)
 
 
 def _encode_preview(image: Any) -> bytes:
@@ -382,14 +393,14 @@ class GenerationWorker:
         first = self._queues[requesters[0]][0]
         key = self._batch_key(first.request)
         batch = [first]
-        images = first.request.count
+        images = first.params.count
         for requester in requesters[1:]:
             head = self._queues[requester][0]
-            if images + head.request.count > self.max_batch_size:
+            if images + head.params.count > self.max_batch_size:
                 continue
             if key is not None and self._batch_key(head.request) == key:
                 batch.append(head)
-                images += head.request.count
+                images += head.params.count
         for job in batch:
             requester = job.request.requester_id
             self._queues[requester].popleft()
@@ -496,33 +507,37 @@ class GenerationWorker:
         started = time.monotonic()
         images = self._generate_splitting(batch, outcomes)
         elapsed = time.monotonic() - started
-        model_name = str(getattr(self.engine, "model_name", "") or "unknown")
         for job, job_images in images:
             if job.cancel_requested:
                 outcomes[job.job_id] = JobCancelledError(CANCELLED_MESSAGE)
                 continue
             try:
-                outcomes[job.job_id] = self._build_result(job, job_images, model_name, elapsed)
+                outcomes[job.job_id] = self._build_result(job, job_images, elapsed)
             except Exception:
                 log.exception("encoding the images of job %s failed", job.job_id)
                 outcomes[job.job_id] = GenerationFailedError(FAILED_MESSAGE)
         return outcomes
 
-    def _build_result(self, job: JobHandle, images: list[Any], model_name: str, elapsed: float) -> GenerationResult:
-        request = job.request
-        if len(images) != request.count:
-            raise RuntimeError(f"engine returned {len(images)} images for count={request.count}")
+    def _build_result(self, job: JobHandle, images: list[Any], elapsed: float) -> GenerationResult:
+        params = job.params
+        if len(images) != params.count:
+            raise RuntimeError(f"engine returned {len(images)} images for count={params.count}")
+        try:  # the loaded model's name: "tiny" when the configured model fell back to it
+            model_name = str(self.engine.model_label(params) or "unknown")
+        except Exception:
+            log.exception("engine.model_label failed")
+            model_name = params.model or "unknown"
         generated = []
         for index, image in enumerate(images):
-            seed = request.seed + index
-            png = encode_png(image, parameters_text(request, seed, model_name))
+            seed = params.seed + index
+            png = encode_png(image, parameters_text(params, seed, model_name))
             generated.append(GeneratedImage(index=index, seed=seed, png=png, width=image.width, height=image.height))
         try:
-            truncated = bool(self.engine.tokens_truncated(request.prompt))
+            truncated = bool(self.engine.tokens_truncated(params))
         except Exception:
             log.exception("engine.tokens_truncated failed")
             truncated = False
-        return GenerationResult(job_id=job.job_id, request=request, images=generated, model_name=model_name,
+        return GenerationResult(job_id=job.job_id, request=job.request, images=generated, model_name=model_name,
                                 elapsed_seconds=elapsed, prompt_truncated=truncated)
 
     def _generate_splitting(self, batch: list[JobHandle],
@@ -544,6 +559,11 @@ class GenerationWorker:
             if all(j.cancel_requested for j in batch):
                 for job in batch:
                     outcomes[job.job_id] = JobCancelledError(CANCELLED_MESSAGE)
+                return []
+            if isinstance(exc, JobRefusedError):  # e.g. a model that cannot load: only these jobs fail
+                log.warning("jobs %s refused: %s", [j.job_id for j in batch], exc.message)
+                for job in batch:
+                    outcomes[job.job_id] = GenerationFailedError(exc.message)
                 return []
             out_of_memory = self._is_oom(exc)
             if out_of_memory:
@@ -588,7 +608,7 @@ class GenerationWorker:
 
     def _step_callback(self, batch: list[JobHandle]) -> Callable[..., None]:
         """Build on_step(step, total, latents=None) for one engine call: progress to every job, previews sometimes."""
-        offsets = list(itertools.accumulate((j.request.count for j in batch), initial=0))
+        offsets = list(itertools.accumulate((j.params.count for j in batch), initial=0))
         preview = getattr(self.engine, "preview", None) if self.previews else None
 
         def on_step(step: int, total: int, latents: Any = None, *_: Any, **__: Any) -> None:

@@ -14,6 +14,14 @@ if ! "$VENV_PY" -c "import torch" >/dev/null 2>&1; then
   # shellcheck disable=SC2086
   "$VENV_PY" -m pip install -q $TORCH_SPEC
 fi
+# PyICU (Unicode's confusables for the content filter) builds against the system ICU.
+if ! pkg-config --exists icu-i18n 2>/dev/null || ! command -v g++ >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libicu-dev pkg-config g++) >/dev/null
+  else
+    echo "PyICU needs ICU's headers and a C++ compiler: sudo apt-get install libicu-dev pkg-config g++" >&2
+  fi
+fi
 EXTRAS="${1:-}"
 STAMP=".venv/.installed${EXTRAS:+-$EXTRAS}"
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then

@@ -91,13 +91,6 @@ def phase_at(windows: Windows, now: datetime, state: ContestState = "running") -
     return "voting"
 
 
-def next_deadline(windows: Windows, state: ContestState, now: datetime) -> datetime | None:
-    """The deadline the scheduler must wake up for (None once the contest is over)."""
-    if state != "running":
-        return None
-    return windows.submit_ends_at if now < windows.submit_ends_at else windows.vote_ends_at
-
-
 def check_max_entries(value: int | None) -> int | None:
     """Validate the optional ``max_entries`` option of ``/contest start``."""
     if value is None:

@@ -2,7 +2,7 @@
 
 Discord-free on purpose: the cog turns interactions into calls here and this service's answers into messages,
 and a :class:`ContestPublisher` (the cog) is told when a deadline has been processed so it can post. Every time
-comes from the injected :class:`~bot.timers.clock.Clock`, so tests run a day-long contest in milliseconds.
+comes from the injected :class:`~bot.clock.Clock`, so tests run a day-long contest in milliseconds.
 
 Deadline processing is written durable-first: the database records that a step happened *before* anything is
 posted, and a result that was computed but not yet posted stays due, so a crash at any point is repaired by
@@ -19,10 +19,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
+from bot.clock import Clock, SystemClock
 from bot.contests import rules
 from bot.contests.picture import PodiumEntry, render_results
 from bot.contests.rules import Phase, RuleError, Standing, Tally, Windows
 from bot.storage import contest_repository as repo
+from bot.storage import repository
 from bot.storage.contest_records import (
     ContestRecord,
     EntryCandidate,
@@ -31,7 +33,6 @@ from bot.storage.contest_records import (
     VoteChange,
 )
 from bot.storage.db import Database
-from bot.timers.clock import Clock, SystemClock
 from bot.timers.deadlines import Deadline, DeadlineScheduler
 
 log = logging.getLogger(__name__)
@@ -39,14 +40,10 @@ log = logging.getLogger(__name__)
 THEME_MAX_CHARS = 200
 
 
-class GuildTerms(Protocol):
-    async def __call__(self, guild_id: int) -> Iterable[str]: ...
-
-
 class PromptFilter(Protocol):
     """What the service needs from :class:`bot.gate.content_filter.ContentFilter`."""
 
-    def check(self, prompt: str, guild_terms: Iterable[str] = ()) -> object: ...
+    def check(self, prompt: str, guild_terms: Iterable[str] = (), *, default_rules: bool | None = None) -> object: ...
 
 
 class ContestPublisher(Protocol):
@@ -98,11 +95,10 @@ class ContestService:
     """See the module docstring. One per bot; the cog calls :meth:`start_scheduler` once the bot is ready."""
 
     def __init__(self, db: Database, *, clock: Clock | None = None, content_filter: PromptFilter | None = None,
-                 guild_terms: GuildTerms | None = None, images_dir: Path | str | None = None) -> None:
+                 images_dir: Path | str | None = None) -> None:
         self.db = db
         self.clock: Clock = clock or SystemClock()
         self.content_filter = content_filter
-        self.guild_terms = guild_terms
         self.images_dir = Path(images_dir) if images_dir is not None else None
         self.publisher: ContestPublisher | None = None
         self.scheduler: DeadlineScheduler[int] = DeadlineScheduler(
@@ -222,9 +218,12 @@ class ContestService:
         if self.content_filter is None:
             return True
         terms: Iterable[str] = ()
-        if self.guild_terms is not None and guild_id is not None:
-            terms = await self.guild_terms(guild_id)
-        verdict = self.content_filter.check(prompt, terms)
+        default_rules: bool | None = None
+        if guild_id is not None:
+            guild = await repository.get_guild_settings(self.db, guild_id)
+            terms, default_rules = guild.blocked_terms, guild.default_filter_rules
+        # The filter is CPU work (ICU, RE2): never on the event loop.
+        verdict = await asyncio.to_thread(self.content_filter.check, prompt, terms, default_rules=default_rules)
         return bool(getattr(verdict, "allowed", verdict))
 
     async def submit(self, *, guild_id: int | None, channel_id: int, member_id: int, job_id: int,
@@ -232,14 +231,13 @@ class ContestService:
         """Enter one of the member's images; every rule of :func:`rules.check_entry` applies."""
         contest = await self.contest_for(guild_id, channel_id)
         now = self.clock.now()
-        from bot.storage import repository  # the job journal's repository (read before the write transaction)
 
         job = await repository.get_job(self.db, job_id)
         if job is None or job.guild_id != guild_id:  # DM images and other servers' images cannot enter
             raise RuleError(f"I do not know an image job with id {job_id} in this server.", code="no_job")
         # Today's filter and terms, not the ones it passed when it was generated.
-        allowed = all([await self._prompt_allowed(guild_id, text) for text in (job.prompt, job.negative_prompt)
-                       if text])
+        texts = (job.params.prompt, job.params.negative_prompt)
+        allowed = all([await self._prompt_allowed(guild_id, text) for text in texts if text])
 
         def validate(current: ContestRecord, candidate: EntryCandidate | None) -> None:
             if candidate is None:
@@ -267,7 +265,6 @@ class ContestService:
         """The entry's PNG from the images folder (None when the file is gone)."""
         if entry.job_id is None:
             return None
-        from bot.storage import repository
 
         for image in await repository.images_for_job(self.db, entry.job_id):
             if image.index == entry.image_index and not image.pruned:
@@ -308,12 +305,6 @@ class ContestService:
                                           validate=validate)
         except repo.NotFound:
             raise RuleError("That entry was withdrawn.", code="no_entry") from None
-
-    async def toggle_vote(self, entry_id: int, voter_id: int) -> tuple[bool, VoteChange]:
-        """The ⭐ button: vote, or take the vote back when already given. Returns ``(voted_now, change)``."""
-        if await repo.has_voted(self.db, entry_id, voter_id):
-            return False, await self.unvote(entry_id, voter_id)
-        return True, await self.vote(entry_id, voter_id)
 
     async def entry_for_message(self, message_id: int) -> EntryRecord | None:
         return await repo.entry_by_message(self.db, message_id)
@@ -381,15 +372,3 @@ class ContestService:
 
     def remaining(self, when: datetime) -> timedelta:
         return when - self.clock.now()
-
-
-def build_contest_service(db: Database, *, content_filter: PromptFilter | None, images_dir: Path | str,
-                          clock: Clock | None = None) -> ContestService:
-    """What the composition root calls: entries are re-checked against the filter with the guild's own terms."""
-    from bot.storage import repository
-
-    async def guild_terms(guild_id: int) -> tuple[str, ...]:
-        return (await repository.get_guild_settings(db, guild_id)).blocked_terms
-
-    return ContestService(db, clock=clock, content_filter=content_filter, guild_terms=guild_terms,
-                          images_dir=images_dir)

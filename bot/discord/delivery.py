@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
+from bot.clock import as_utc
 from bot.discord import formatting
 from bot.discord.output_safety import apply_policy, policy_for
 from bot.discord.views import result_view
@@ -33,7 +34,6 @@ from bot.services import Services
 from bot.storage import repository
 from bot.storage.records import ImageRecord, JobRecord
 from bot.text import MESSAGE_CONTENT_LIMIT, truncate
-from bot.timers.clock import as_utc
 
 if TYPE_CHECKING:
     from generation.worker import GenerationResult, JobHandle
@@ -269,16 +269,11 @@ class Delivery:
             notes.append(refusal_message("withheld", count=withheld, total=len(outcomes)))
 
         embed = formatting.job_embed(job, seeds=[image.seed for image in generated], model=result.model_name,
-                          elapsed_seconds=result.elapsed_seconds)
-        if result.prompt_truncated and not job.prompt_truncated:
-            embed = formatting.result_embed(
-                str(job.id), job.prompt, job.negative_prompt, [image.seed for image in generated], job.steps,
-                job.guidance, job.width, job.height, formatting.sampler_label(job.scheduler), result.model_name,
-                result.elapsed_seconds, prompt_truncated=True, requester_mention=f"<@{job.user_id}>")
+                                     elapsed_seconds=result.elapsed_seconds,
+                                     prompt_truncated=result.prompt_truncated or job.prompt_truncated)
         lines = [f"<@{job.user_id}>"]
-        banner = getattr(self.services.model, "banner", None)
-        if getattr(self.services.model, "is_fallback", False) and banner:
-            lines.append(f"⚠️ {banner}")
+        if self.services.model.is_fallback and self.services.model.banner:
+            lines.append(f"⚠️ {self.services.model.banner}")
         lines += [f"-# {note}" for note in notes]
         content = truncate("\n".join(lines), MESSAGE_CONTENT_LIMIT)
         extra: dict[str, Any] = {"view": await self._result_view(job, images)} if files else {}

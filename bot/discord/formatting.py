@@ -13,11 +13,11 @@ from collections.abc import Sequence
 import discord
 from PIL import Image, PngImagePlugin
 
+from bot.clock import as_utc
 from bot.storage.records import JobRecord
 from bot.text import MESSAGE_CONTENT_LIMIT, format_duration, format_size, truncate
-from bot.timers.clock import as_utc
 from generation.png import parameters_text as png_parameters_text
-from generation.request import GenerationRequest
+from generation.request import ImageParams
 from generation.schedulers import SAMPLER_LABELS
 
 # Discord's limits (https://discord.com/developers/docs/resources/message#embed-object-embed-limits).
@@ -83,16 +83,11 @@ def _one_line(text: str) -> str:
 
 def result_embed(
     job_id: str,
-    prompt: str,
-    negative_prompt: str,
+    params: ImageParams,
     seeds: Sequence[int],
-    steps: int,
-    guidance: float,
-    width: int,
-    height: int,
-    scheduler_label: str,
-    model: str,
     elapsed_seconds: float,
+    *,
+    model: str | None = None,
     prompt_truncated: bool = False,
     requester_mention: str | None = None,
 ) -> discord.Embed:
@@ -101,19 +96,26 @@ def result_embed(
     The title is the prompt's first 256 characters; the full prompt goes in the description only when the
     title had to cut it. Markdown in prompts is escaped so ``**`` or ``_`` in a prompt render literally.
     """
-    prompt = prompt.strip()
+    prompt = params.prompt.strip()
+    model = params.model if model is None else model
     shown = discord.utils.escape_markdown(_one_line(prompt))
     title = truncate(shown, EMBED_TITLE_LIMIT) or "(empty prompt)"
     embed = discord.Embed(title=title, colour=EMBED_COLOUR)
     fields = [
         ("Seed" if len(seeds) == 1 else "Seeds", _format_seeds(seeds)),
-        ("Steps", str(steps)),
-        ("CFG", _format_number(guidance)),
-        ("Size", f"{width}×{height}"),
-        ("Sampler", truncate(scheduler_label, EMBED_FIELD_VALUE_LIMIT) or "—"),
+        ("Steps", str(params.steps)),
+        ("CFG", _format_number(params.guidance)),
+        ("Size", f"{params.width}×{params.height}"),
+        ("Sampler", truncate(sampler_label(params.scheduler), EMBED_FIELD_VALUE_LIMIT) or "—"),
         ("Model", truncate(discord.utils.escape_markdown(model), EMBED_FIELD_VALUE_LIMIT) or "—"),
-        ("Time", format_duration(elapsed_seconds)),
     ]
+    if params.style:
+        fields.append(("Style", truncate(discord.utils.escape_markdown(params.style), EMBED_FIELD_VALUE_LIMIT)))
+    if params.upscale is not None:
+        fields.append(("Upscale", f"{_format_number(params.upscale)}×"))
+    if params.strength is not None:
+        fields.append(("Strength", _format_number(params.strength)))
+    fields.append(("Time", format_duration(elapsed_seconds)))
     for name, value in fields:
         embed.add_field(name=name, value=value, inline=True)
     embed.set_footer(text=truncate(f"Job {job_id}", EMBED_FOOTER_LIMIT))
@@ -127,7 +129,7 @@ def result_embed(
         head.append(f"⚠️ The prompt is longer than {PROMPT_TOKEN_LIMIT} tokens; the model ignored the words after that.")
     head_text = "\n".join(head)
     prompt_cut = bool(prompt) and shown != title
-    negative = discord.utils.escape_markdown(negative_prompt.strip())
+    negative = discord.utils.escape_markdown(params.negative_prompt.strip())
     prompt_label, negative_label = "**Prompt:** ", "**Negative prompt:** "
     # What is left for the two texts once the head, separators and labels are counted.
     remaining = budget - len(head_text) - 2 - (len(prompt_label) if prompt_cut else 0)
@@ -206,24 +208,21 @@ def sampler_label(scheduler: str) -> str:
 
 def parameters_text(job: JobRecord) -> str:
     """The ℹ Parameters block: the web-UI text (as stored in the PNG) for each image's seed."""
-    request = GenerationRequest(
-        prompt=job.prompt, negative_prompt=job.negative_prompt, seed=job.seed, steps=job.steps,
-        guidance=job.guidance, width=job.width, height=job.height, count=job.count, scheduler=job.scheduler,
-        requester_id=str(job.user_id), model=job.model,
-    )
-    texts = [png_parameters_text(request, job.seed + i, job.model) for i in range(job.count)]
+    params = job.params
+    texts = [png_parameters_text(params, params.seed + i, params.model) for i in range(params.count)]
     return f"Job `{job.id}`\n" + parameters_block(texts, limit=MESSAGE_CONTENT_LIMIT - 20)
 
 
 def job_embed(job: JobRecord, *, seeds: Sequence[int] | None = None, model: str | None = None,
-              elapsed_seconds: float | None = None) -> discord.Embed:
+              elapsed_seconds: float | None = None, prompt_truncated: bool | None = None) -> discord.Embed:
     """The result embed for a journalled job (also used by /job to show one again)."""
     if elapsed_seconds is None:
         elapsed_seconds = ((as_utc(job.finished_at) - as_utc(job.started_at)).total_seconds()
                            if job.finished_at and job.started_at else 0.0)
+    params = job.params
     return result_embed(
-        str(job.id), job.prompt, job.negative_prompt,
-        list(seeds) if seeds is not None else [job.seed + i for i in range(job.count)],
-        job.steps, job.guidance, job.width, job.height, sampler_label(job.scheduler), model or job.model,
-        elapsed_seconds, prompt_truncated=job.prompt_truncated, requester_mention=f"<@{job.user_id}>",
+        str(job.id), params, list(seeds) if seeds is not None else [params.seed + i for i in range(params.count)],
+        elapsed_seconds, model=model,
+        prompt_truncated=job.prompt_truncated if prompt_truncated is None else prompt_truncated,
+        requester_mention=f"<@{job.user_id}>",
     )

@@ -25,21 +25,12 @@ log = logging.getLogger(__name__)
 
 PREFIX = "imagine"
 ACTIONS = ("rerun", "delete", "params")
-_CUSTOM_ID = re.compile(rf"{PREFIX}:(?P<action>{'|'.join(ACTIONS)}):(?P<job_id>[0-9]{{1,19}})")
 
 
 def custom_id(action: str, job_id: int) -> str:
     if action not in ACTIONS:
         raise ValueError(f"unknown button action {action!r}")
     return f"{PREFIX}:{action}:{int(job_id)}"
-
-
-def parse_custom_id(value: str) -> tuple[str, int] | None:
-    """``(action, job_id)`` for one of our buttons, None for anything else (other bots' ids, garbage)."""
-    match = _CUSTOM_ID.fullmatch(value or "")
-    if match is None:
-        return None
-    return match["action"], int(match["job_id"])
 
 
 def can_delete(job: JobRecord, user_id: int, permissions: discord.Permissions | None) -> bool:
@@ -79,7 +70,7 @@ class _JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"$^")
         raise NotImplementedError
 
 
-class RerunButton(_JobButton, template=rf"{PREFIX}:rerun:(?P<job_id>[0-9]+)"):
+class RerunButton(_JobButton, template=rf"{PREFIX}:rerun:(?P<job_id>[0-9]{{1,19}})"):
     """Same prompt and parameters, a new random seed; through the same filter and limits as /imagine."""
 
     action = "rerun"
@@ -93,7 +84,7 @@ class RerunButton(_JobButton, template=rf"{PREFIX}:rerun:(?P<job_id>[0-9]+)"):
         await cog.rerun_from_button(interaction, job)
 
 
-class DeleteButton(_JobButton, template=rf"{PREFIX}:delete:(?P<job_id>[0-9]+)"):
+class DeleteButton(_JobButton, template=rf"{PREFIX}:delete:(?P<job_id>[0-9]{{1,19}})"):
     """Deletes the result message: the requester, or members with Manage Messages."""
 
     action = "delete"
@@ -116,7 +107,7 @@ class DeleteButton(_JobButton, template=rf"{PREFIX}:delete:(?P<job_id>[0-9]+)"):
         await answer(interaction, "Deleted.")
 
 
-class ParamsButton(_JobButton, template=rf"{PREFIX}:params:(?P<job_id>[0-9]+)"):
+class ParamsButton(_JobButton, template=rf"{PREFIX}:params:(?P<job_id>[0-9]{{1,19}})"):
     """Shows the full parameters (web-UI style block) only to the member who clicked."""
 
     action = "params"

@@ -25,11 +25,11 @@ from typing import Any, Literal
 
 from sqlalchemy import delete, func, select, update
 
+from bot.clock import utcnow
 from bot.config import RateLimitSettings
 from bot.storage.db import Database
 from bot.storage.models import GuildSettings, Job, RateLimitEntry
 from bot.storage.records import UNFINISHED
-from bot.timers.clock import utcnow
 
 PENDING_SECONDS = 120
 

@@ -15,6 +15,8 @@ _KIND_ALIASES = {"filtered": "filter", "rate_limited": "rate_limit", "invalid": 
 _FILTER_REASONS = {
     "blocked term": "it contains a term that is not allowed here",
     "blocked pattern": "it matches a pattern that is not allowed here",
+    "blocked combination": "it combines words that are not allowed together here",
+    "blocked negative term": "its negative prompt contains a term that is not allowed here",
 }
 
 

@@ -7,17 +7,23 @@ storage, filter and limiter; the cogs turn its :class:`Refusal` into an ephemera
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any, Literal
 
-from bot.gate.rate_limits import RateLimited
+from bot.gate.content_filter import ContentFilter
+from bot.gate.rate_limits import RateLimited, RateLimiter
 from bot.gate.refusals import refusal_message
-from bot.services import Services
+from bot.journal.job_journal import JobJournal
 from bot.storage import repository
+from bot.storage.db import Database
 from bot.storage.records import JobRecord
 from generation.request import RequestError, validate_request
+from generation.settings import GenerationSettings
 from generation.worker import JobHandle, QueueFullError
 
 log = logging.getLogger(__name__)
@@ -27,24 +33,24 @@ RefusalKind = Literal["invalid", "filtered", "rate_limited", "queue_full"]
 
 @dataclass(frozen=True)
 class Options:
-    """What the member asked for; ``None`` means the configured default (a new random seed for ``seed``)."""
+    """What the member asked for, as given: :class:`~generation.request.ImageParams` field names to values
+    (a missing one is the configured default; no seed means a new random one), plus an uploaded picture.
 
-    prompt: str
-    negative_prompt: str = ""
-    seed: int | None = None
-    steps: int | None = None
-    guidance: float | None = None
-    width: int | None = None
-    height: int | None = None
-    count: int = 1
-    scheduler: str | None = None
+    Only :func:`~generation.request.validate_request` knows the fields, so a new image parameter needs no edit here.
+    """
+
+    values: Mapping[str, Any]
+    init_image: bytes | None = field(default=None, repr=False)
+
+    @classmethod
+    def of(cls, *, init_image: bytes | None = None, **values: Any) -> Options:
+        """Options from keyword values; ``None`` values are left out (they mean "the default")."""
+        return cls(MappingProxyType({k: v for k, v in values.items() if v is not None}), init_image)
 
     @classmethod
     def rerun_of(cls, job: JobRecord) -> Options:
         """The same prompt and parameters with a new random seed (what 🔄 means)."""
-        return cls(prompt=job.prompt, negative_prompt=job.negative_prompt, seed=None, steps=job.steps,
-                   guidance=job.guidance, width=job.width, height=job.height, count=job.count,
-                   scheduler=job.scheduler)
+        return cls.of(**{**job.params.to_dict(), "seed": None})
 
 
 @dataclass(frozen=True)
@@ -78,52 +84,56 @@ class Accepted:
     handle: JobHandle
 
 
-async def submit(services: Services, options: Options, origin: Origin) -> Accepted | Refusal:
+@dataclass(frozen=True)
+class Gate:
+    """What the gate needs: the bounds to validate against, the filter and limits to apply, and the journal
+    that accepts what passes (so the gate never needs the whole :class:`~bot.gate.Services`)."""
+
+    settings: GenerationSettings
+    db: Database
+    content_filter: ContentFilter
+    rate_limiter: RateLimiter
+    journal: JobJournal
+
+
+async def submit(gate: Gate, options: Options, origin: Origin) -> Accepted | Refusal:
     """Run the whole gate; on success the job is journalled (before it is queued) and its handle returned."""
     try:
-        request = validate_request(
-            services.settings.generation,
-            prompt=options.prompt,
-            negative_prompt=options.negative_prompt,
-            seed=options.seed,
-            steps=options.steps,
-            guidance=options.guidance,
-            width=options.width,
-            height=options.height,
-            count=options.count,
-            scheduler=options.scheduler,
-            requester_id=str(origin.user_id),
-        )
+        request = validate_request(gate.settings, requester_id=str(origin.user_id), init_image=options.init_image,
+                                   **options.values)
     except RequestError as exc:
         return Refusal("invalid", refusal_message("invalid", message=exc.message), details={"message": exc.message})
 
-    guild_terms: tuple[str, ...] = ()
+    terms: tuple[str, ...] = ()
+    default_rules: bool | None = None
     if origin.guild_id is not None:
-        guild_terms = (await repository.get_guild_settings(services.db, origin.guild_id)).blocked_terms
-    for text in (request.prompt, request.negative_prompt):
-        if not text:
-            continue
-        verdict = services.content_filter.check(text, guild_terms)
-        if not verdict.allowed:
-            await repository.record_moderation_event(
-                services.db, guild_id=origin.guild_id, channel_id=origin.channel_id, user_id=origin.user_id,
-                prompt=text, category=verdict.category, rule=verdict.rule, source=origin.source,
-            )
-            log.info("prompt refused by the content filter", extra={
-                "user": origin.user_id, "guild": origin.guild_id, "category": verdict.category})
-            return Refusal("filtered", refusal_message("filtered", category=verdict.category),
-                           details={"category": verdict.category})
+        guild = await repository.get_guild_settings(gate.db, origin.guild_id)
+        terms, default_rules = guild.blocked_terms, guild.default_filter_rules
+    # The filter is CPU work (ICU, RE2, loops over the prompt): never on the event loop.
+    prompt, negative = request.params.prompt, request.params.negative_prompt
+    verdict = await asyncio.to_thread(gate.content_filter.check_request, prompt, negative,
+                                      terms, default_rules=default_rules)
+    if not verdict.allowed:
+        refused_text = negative if verdict.field == "negative_prompt" else prompt
+        await repository.record_moderation_event(
+            gate.db, guild_id=origin.guild_id, channel_id=origin.channel_id, user_id=origin.user_id,
+            prompt=refused_text, category=verdict.category, rule=verdict.rule, source=origin.source,
+        )
+        log.info("prompt refused by the content filter", extra={
+            "user": origin.user_id, "guild": origin.guild_id, "category": verdict.category})
+        return Refusal("filtered", refusal_message("filtered", category=verdict.category),
+                       details={"category": verdict.category})
 
     try:
-        reservation = await services.rate_limiter.reserve(
-            origin.guild_id, origin.user_id, request.count, role_ids=origin.role_ids
+        reservation = await gate.rate_limiter.reserve(
+            origin.guild_id, origin.user_id, request.params.count, role_ids=origin.role_ids
         )
     except RateLimited as exc:
         return Refusal("rate_limited", refusal_message("rate_limited", retry_at=exc.retry_at, reason=exc.reason),
                        retry_at=exc.retry_at, details={"reason": exc.reason})
 
     try:
-        job, handle = await services.journal.accept(
+        job, handle = await gate.journal.accept(
             request,
             guild_id=origin.guild_id,
             channel_id=origin.channel_id,
@@ -132,15 +142,15 @@ async def submit(services: Services, options: Options, origin: Origin) -> Accept
             interaction_token=origin.interaction_token,
             application_id=origin.application_id,
             parent_job_id=origin.parent_job_id,
-            reservation=reservation,
+            ledger_entry_id=reservation.entry_id,
         )
     except QueueFullError as exc:
-        await services.rate_limiter.release(reservation)
+        await gate.rate_limiter.release(reservation)
         return Refusal("queue_full", refusal_message("queue_full", message=exc.message),
                        details={"message": exc.message})
     except BaseException:
-        await services.rate_limiter.release(reservation)
+        await gate.rate_limiter.release(reservation)
         raise
     log.info("job accepted", extra={"job": job.id, "user": origin.user_id, "guild": origin.guild_id,
-                                    "source": origin.source, "images": request.count})
+                                    "source": origin.source, "images": request.params.count})
     return Accepted(job, handle)

@@ -17,16 +17,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bot.clock import utcnow
 from bot.storage import repository
 from bot.storage.db import Database
 from bot.storage.images import read_image, save_image
 from bot.storage.records import ImageRecord, JobRecord
-from bot.timers.clock import utcnow
 from generation.request import GenerationRequest
 from generation.worker import GeneratedImage, GenerationError, GenerationResult, JobCancelledError, QueueFullError
 
 if TYPE_CHECKING:
-    from bot.gate.rate_limits import Reservation
     from generation.worker import GenerationWorker, JobHandle
 
 log = logging.getLogger(__name__)
@@ -42,11 +41,7 @@ REDELIVER_WITHIN = timedelta(days=1)  # results saved but never posted are poste
 
 def request_of(job: JobRecord) -> GenerationRequest:
     """Rebuild the exact request a journalled job was accepted with (same seed, so the same images)."""
-    return GenerationRequest(
-        prompt=job.prompt, negative_prompt=job.negative_prompt, seed=job.seed, steps=job.steps,
-        guidance=job.guidance, width=job.width, height=job.height, count=job.count, scheduler=job.scheduler,
-        requester_id=str(job.user_id), model=job.model,
-    )
+    return GenerationRequest(params=job.params, requester_id=str(job.user_id))
 
 
 class JobJournal:
@@ -77,10 +72,6 @@ class JobJournal:
         """The worker's handle of a job still being followed (queued or running), else None."""
         return self._handles.get(job_id)
 
-    @property
-    def active_job_ids(self) -> list[int]:
-        return sorted(self._handles)
-
     # --- accepting and recovering ------------------------------------------------------------------------------
 
     async def accept(
@@ -94,20 +85,17 @@ class JobJournal:
         interaction_token: str | None,
         application_id: int | None,
         parent_job_id: int | None = None,
-        reservation: Reservation | None = None,
+        ledger_entry_id: int | None = None,
     ) -> tuple[JobRecord, JobHandle]:
         """Journal the job (committed), then queue it. QueueFullError: the job is marked refused and re-raised.
 
-        A ``reservation`` from the rate limiter is linked to the job in the same transaction; releasing it
+        The rate limiter's ledger entry (``ledger_entry_id``) is linked to the job in the same transaction; releasing it
         after a refusal stays the caller's business (``RateLimiter.release``).
         """
         job = await repository.create_job(
             self.db, guild_id=guild_id, channel_id=channel_id, user_id=user_id, interaction_id=interaction_id,
-            interaction_token=interaction_token, application_id=application_id, prompt=request.prompt,
-            negative_prompt=request.negative_prompt, seed=request.seed, steps=request.steps,
-            guidance=request.guidance, width=request.width, height=request.height, count=request.count,
-            scheduler=request.scheduler, model=request.model or self.model_name, parent_job_id=parent_job_id,
-            ledger_entry_id=reservation.entry_id if reservation is not None else None,
+            interaction_token=interaction_token, application_id=application_id, params=request.params,
+            parent_job_id=parent_job_id, ledger_entry_id=ledger_entry_id,
         )
         try:
             handle = self.worker.submit(request, job_id=job.worker_job_id)
@@ -177,7 +165,8 @@ class JobJournal:
             return
         elapsed = (job.finished_at - job.started_at).total_seconds() if job.finished_at and job.started_at else 0.0
         log.info("re-delivering job %s: its images were saved but never posted", job.id)
-        result = GenerationResult(job.worker_job_id, request_of(job), images, job.model, elapsed, job.prompt_truncated)
+        result = GenerationResult(job.worker_job_id, request_of(job), images, job.params.model, elapsed,
+                                  job.prompt_truncated)
         await self._notify(job, records, result)
         await repository.clear_interaction_token(self.db, job.id)
 

@@ -10,6 +10,9 @@ Usage::
     message = await interaction.wait_for_response()
 """
 
+from bot.localdiscord.errors import DiscordError
+from bot.localdiscord.events import ServerEvent
+from bot.localdiscord.faults import FaultRule, compile_path_pattern
 from bot.localdiscord.models import (
     EPHEMERAL,
     LOADING,
@@ -19,13 +22,15 @@ from bot.localdiscord.models import (
     Interaction,
     Member,
     Message,
+    Refusal,
     RestCall,
     Role,
     User,
 )
-from bot.localdiscord.server import DiscordError, FaultRule, LocalDiscordServer, ServerEvent, compile_path_pattern
+from bot.localdiscord.server import LocalDiscordServer
 
 __all__ = [
     "EPHEMERAL", "LOADING", "Attachment", "Channel", "DiscordError", "FaultRule", "Guild", "Interaction",
-    "LocalDiscordServer", "Member", "Message", "RestCall", "Role", "ServerEvent", "User", "compile_path_pattern",
+    "LocalDiscordServer", "Member", "Message", "Refusal", "RestCall", "Role", "ServerEvent", "User",
+    "compile_path_pattern",
 ]

@@ -5,8 +5,13 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from bot.localdiscord.harness import run_forever
 from bot.localdiscord.server import LocalDiscordServer
+
+
+async def run_forever(server: LocalDiscordServer) -> None:  # pragma: no cover - manual use
+    """Keep the server up until the process is interrupted."""
+    async with server:
+        await asyncio.Event().wait()
 
 
 def main(argv: list[str]) -> None:

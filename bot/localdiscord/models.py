@@ -11,32 +11,18 @@ import contextlib
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
+
+from bot.localdiscord.permissions import ADMINISTRATOR, Overwrite, base_permissions, channel_permissions
+
+T = TypeVar("T")
+
+Upload = tuple[int, str, bytes, "str | None"]  # a multipart file: (n of files[n], filename, data, content type)
 
 DISCORD_EPOCH_MS = 1420070400000
-
-# Permission bits (https://discord.com/developers/docs/topics/permissions).
-CREATE_INSTANT_INVITE = 1 << 0
-ADMINISTRATOR = 1 << 3
-MANAGE_CHANNELS = 1 << 4
-MANAGE_GUILD = 1 << 5
-ADD_REACTIONS = 1 << 6
-VIEW_CHANNEL = 1 << 10
-SEND_MESSAGES = 1 << 11
-MANAGE_MESSAGES = 1 << 13
-EMBED_LINKS = 1 << 14
-ATTACH_FILES = 1 << 15
-READ_MESSAGE_HISTORY = 1 << 16
-USE_EXTERNAL_EMOJIS = 1 << 18
-USE_APPLICATION_COMMANDS = 1 << 31
-ALL_PERMISSIONS = (1 << 53) - 1
-EVERYONE_PERMISSIONS = (
-    CREATE_INSTANT_INVITE | ADD_REACTIONS | VIEW_CHANNEL | SEND_MESSAGES | EMBED_LINKS | ATTACH_FILES
-    | READ_MESSAGE_HISTORY | USE_EXTERNAL_EMOJIS | USE_APPLICATION_COMMANDS
-)
-BOT_PERMISSIONS = EVERYONE_PERMISSIONS | MANAGE_MESSAGES
 
 # Message flags.
 EPHEMERAL = 1 << 6
@@ -100,6 +86,10 @@ class Role:
     managed: bool = False
     bot_id: int | None = None
 
+    @property
+    def is_admin(self) -> bool:
+        return bool(self.permissions & ADMINISTRATOR)
+
     def payload(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "id": str(self.id), "name": self.name, "permissions": str(self.permissions), "position": self.position,
@@ -123,6 +113,9 @@ class Channel:
     position: int = 0
     topic: str | None = None
     recipients: list[User] = field(default_factory=list)
+    # Permission overwrites by role or user id: (allow, deny); the @everyone role's id is the guild id.
+    overwrites: dict[int, Overwrite] = field(default_factory=dict)
+    overwrite_types: dict[int, int] = field(default_factory=dict)  # id -> 0 role, 1 member
 
     def payload(self) -> dict[str, Any]:
         if self.type == 1:
@@ -130,7 +123,10 @@ class Channel:
                     "recipients": [u.payload() for u in self.recipients]}
         data: dict[str, Any] = {
             "id": str(self.id), "type": self.type, "name": self.name, "position": self.position,
-            "nsfw": self.nsfw, "topic": self.topic, "permission_overwrites": [], "parent_id": None,
+            "nsfw": self.nsfw, "topic": self.topic, "parent_id": None,
+            "permission_overwrites": [
+                {"id": str(target), "type": self.overwrite_types.get(target, 0), "allow": str(allow),
+                 "deny": str(deny)} for target, (allow, deny) in self.overwrites.items()],
             "rate_limit_per_user": 0, "last_message_id": None, "flags": 0,
         }
         if self.guild_id is not None:
@@ -144,7 +140,7 @@ class Channel:
 
 @dataclass
 class Member:
-    """A user's membership in one guild; harness actions (commands, reactions, buttons) act as a member."""
+    """A user's membership in one guild; member actions (commands, reactions, buttons) act as one."""
 
     user: User
     guild_id: int
@@ -187,6 +183,7 @@ class Guild:
     roles: list[Role] = field(default_factory=list)
     channels: list[Channel] = field(default_factory=list)
     members: dict[int, Member] = field(default_factory=dict)
+    emojis: list[Emoji] = field(default_factory=list)
 
     def role(self, role_id: int) -> Role | None:
         return next((r for r in self.roles if r.id == role_id), None)
@@ -196,13 +193,16 @@ class Guild:
 
     def permissions_of(self, member: Member) -> int:
         """Guild-level permissions the way Discord computes them (owner and administrator get everything)."""
-        if member.id == self.owner_id:
-            return ALL_PERMISSIONS
-        bits = 0
-        for role in self.roles:
-            if role.id == self.id or role.id in member.role_ids:
-                bits |= role.permissions
-        return ALL_PERMISSIONS if bits & ADMINISTRATOR else bits
+        everyone = self.role(self.id)
+        roles = [r.permissions for r in self.roles if r.id in member.role_ids and r.id != self.id]
+        return base_permissions(everyone.permissions if everyone else 0, roles, owner=member.id == self.owner_id)
+
+    def permissions_in(self, member: Member, channel: Channel) -> int:
+        """The member's permissions in ``channel`` after its overwrites (Discord's algorithm)."""
+        overwrites = channel.overwrites
+        roles = [overwrites[r] for r in member.role_ids if r in overwrites and r != self.id]
+        return channel_permissions(self.permissions_of(member), overwrites.get(self.id), roles,
+                                   overwrites.get(member.id))
 
     def payload(self, *, full: bool = False) -> dict[str, Any]:
         """``full`` is the GUILD_CREATE form (channels, members); otherwise the REST ``GET /guilds/{id}`` form."""
@@ -210,7 +210,8 @@ class Guild:
             "id": str(self.id), "name": self.name, "icon": None, "splash": None, "discovery_splash": None,
             "banner": None, "description": None, "owner_id": str(self.owner_id), "afk_channel_id": None,
             "afk_timeout": 300, "verification_level": 0, "default_message_notifications": 0,
-            "explicit_content_filter": 0, "roles": [r.payload() for r in self.roles], "emojis": [], "stickers": [],
+            "explicit_content_filter": 0, "roles": [r.payload() for r in self.roles],
+            "emojis": [e.payload() for e in self.emojis], "stickers": [],
             "features": [], "mfa_level": 0, "application_id": None, "system_channel_id": None,
             "system_channel_flags": 0, "rules_channel_id": None, "vanity_url_code": None, "premium_tier": 0,
             "premium_subscription_count": 0, "preferred_locale": "en-US", "public_updates_channel_id": None,
@@ -226,6 +227,18 @@ class Guild:
                 "soundboard_sounds": [],
             })
         return data
+
+
+@dataclass
+class Emoji:
+    """A guild's custom emoji; reactions name it ``name:id`` in REST paths."""
+
+    id: int
+    name: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"id": str(self.id), "name": self.name, "roles": [], "require_colons": True, "managed": False,
+                "animated": False, "available": True}
 
 
 @dataclass
@@ -369,7 +382,7 @@ def emoji_payload(emoji: str) -> dict[str, Any]:
 
 @dataclass
 class Interaction:
-    """One interaction the harness created, with what the bot answered.
+    """One interaction a member action created, with what the bot answered.
 
     ``response_type`` is the callback type (4, 5, 6, 7, 9...) once acknowledged; ``message_ids`` are the
     original response (or the updated component message) and followups, in order.
@@ -384,7 +397,8 @@ class Interaction:
     payload: dict[str, Any]
     created_monotonic: float
     created_wall: float
-    server: Any = field(repr=False, default=None)
+    store: dict[int, Message] = field(repr=False, default_factory=dict)  # the server's messages, by id
+    waiter: Waiter = field(repr=False, default_factory=lambda: Waiter())
     acked_monotonic: float | None = None
     response_type: int | None = None
     response_data: dict[str, Any] | None = None
@@ -410,17 +424,17 @@ class Interaction:
     @property
     def messages(self) -> list[Message]:
         """Messages linked to this interaction (original/updated message first, then followups)."""
-        return [self.server.messages[i] for i in self.message_ids if i in self.server.messages]
+        return [self.store[i] for i in self.message_ids if i in self.store]
 
     @property
     def original(self) -> Message | None:
         if self.original_message_id is None:
             return None
-        return self.server.messages.get(self.original_message_id)
+        return self.store.get(self.original_message_id)
 
     async def wait_for_ack(self, timeout: float = 5.0) -> int:  # noqa: ASYNC109
         """Wait for the interaction callback; returns its type."""
-        await self.server._wait_until(lambda: self.response_type, timeout, f"ack of interaction {self.id}")
+        await self.waiter.until(lambda: self.response_type, timeout, f"ack of interaction {self.id}")
         assert self.response_type is not None
         return self.response_type
 
@@ -438,10 +452,10 @@ class Interaction:
                     return message
             return None
 
-        return await self.server._wait_until(find, timeout, f"a response to interaction {self.id}")
+        return await self.waiter.until(find, timeout, f"a response to interaction {self.id}")
 
     async def wait_for_modal(self, timeout: float = 5.0) -> dict[str, Any]:  # noqa: ASYNC109
-        return await self.server._wait_until(lambda: self.modal, timeout, f"a modal for interaction {self.id}")
+        return await self.waiter.until(lambda: self.modal, timeout, f"a modal for interaction {self.id}")
 
 
 @dataclass
@@ -457,11 +471,36 @@ class RestCall:
     files: list[str] = field(default_factory=list)
 
 
-class Waiter:
-    """Wakes coroutines waiting for a state change (``asyncio.Condition`` without the lock ceremony)."""
+@dataclass
+class Refusal:
+    """A request (or gateway IDENTIFY) the local server refused the way Discord would.
 
-    def __init__(self) -> None:
+    ``method`` is ``"GATEWAY"`` for a closed websocket, with ``status`` the close code; ``errors`` is the
+    50035 field tree when there is one.
+    """
+
+    method: str
+    path: str
+    status: int
+    code: int
+    message: str
+    errors: dict[str, Any] | None = None
+    time: float = field(default_factory=time.time)
+
+    def __str__(self) -> str:
+        errors = f" {self.errors}" if self.errors else ""
+        return f"{self.method} {self.path} -> {self.status} code {self.code}: {self.message}{errors}"
+
+
+class Waiter:
+    """Wakes coroutines waiting for a state change (``asyncio.Condition`` without the lock ceremony).
+
+    ``context`` adds what was happening to a timeout's message (the server passes its last REST calls).
+    """
+
+    def __init__(self, context: Callable[[], str] = lambda: "") -> None:
         self._event = asyncio.Event()
+        self.context = context
 
     def notify(self) -> None:
         self._event.set()
@@ -471,3 +510,15 @@ class Waiter:
         event = self._event
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
+
+    async def until(self, check: Callable[[], T | None], timeout: float, what: str) -> T:  # noqa: ASYNC109
+        """Poll ``check`` at every change (and at least every 0.25 s) until it returns something truthy."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = check()
+            if value:
+                return value
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"timed out after {timeout}s waiting for {what}{self.context()}")
+            await self.wait(min(remaining, 0.25))

@@ -37,12 +37,12 @@ from pydantic import SecretStr
 
 from bot.bootstrap import RunningBot, build_services, start_bot
 from bot.config import ConfigError, Settings
-from bot.discord.output_safety import SafetyCheckerLoadError
 from bot.gate.content_filter import FilterConfigError
 from bot.localdiscord import LocalDiscordServer
 from bot.playground.web import PlaygroundWeb, beyond_loopback_warning, is_loopback
 from bot.services import ModelInfo
 from generation.loading import LoadedModel, ModelLoadError, load_pipeline
+from generation.safety import SafetyCheckerLoadError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

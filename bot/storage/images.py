@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+from bot.clock import utcnow
 from bot.storage import repository
 from bot.storage.db import Database
 from bot.storage.records import ImageRecord
-from bot.timers.clock import utcnow
 
 TMP_SUFFIX = ".tmp"
 

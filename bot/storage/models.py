@@ -8,6 +8,7 @@ constraint is named (batch migrations on SQLite and ``ALTER`` on PostgreSQL need
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -54,11 +55,17 @@ class GuildSettings(Base):
     window_seconds: Mapped[int | None] = mapped_column(Integer)
     max_queued_per_user: Mapped[int | None] = mapped_column(Integer)
     contest_channel_id: Mapped[int | None] = mapped_column(BigInteger)
+    # The shipped content rules for this guild: None follows content_filter.default_rules (bot/gate/content_filter.py).
+    default_filter_rules: Mapped[bool | None] = mapped_column(Boolean)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class Job(Base):
-    """The journal: one row per accepted request, written before the worker sees it."""
+    """The journal: one row per accepted request, written before the worker sees it.
+
+    One column per :class:`~generation.request.ImageParams` field, named the same (the repository maps them
+    generically), so a new image parameter is a field there, a column here and a migration.
+    """
 
     __tablename__ = "jobs"
     __table_args__ = (
@@ -85,6 +92,11 @@ class Job(Base):
     count: Mapped[int] = mapped_column(Integer)
     scheduler: Mapped[str] = mapped_column(String(32))
     model: Mapped[str] = mapped_column(String(255))
+    strength: Mapped[float | None] = mapped_column(Float)
+    upscale: Mapped[float | None] = mapped_column(Float)
+    style: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    loras: Mapped[list[Any] | None] = mapped_column(JSON, default=list)
+    parent_seed: Mapped[int | None] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(16), default="queued")
     error: Mapped[str | None] = mapped_column(Text)
     prompt_truncated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+from generation.request import ImageParams
+
 JobStatus = Literal["queued", "running", "done", "failed", "refused", "cancelled"]
 UNFINISHED: tuple[JobStatus, ...] = ("queued", "running")
 
@@ -22,16 +24,7 @@ class JobRecord:
     interaction_token: str | None
     application_id: int | None
     message_id: int | None
-    prompt: str
-    negative_prompt: str
-    seed: int
-    steps: int
-    guidance: float
-    width: int
-    height: int
-    count: int
-    scheduler: str
-    model: str
+    params: ImageParams  # everything that decides the pixels, exactly as accepted
     status: JobStatus
     error: str | None
     parent_job_id: int | None
@@ -72,6 +65,7 @@ class GuildSettingsRecord:
     window_seconds: int | None
     max_queued_per_user: int | None
     contest_channel_id: int | None
+    default_filter_rules: bool | None = None  # the shipped content rules; None: content_filter.default_rules decides
 
 
 @dataclass(frozen=True)

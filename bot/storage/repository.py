@@ -16,6 +16,7 @@ from sqlalchemy import delete, func, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.clock import utcnow
 from bot.storage.base import UTCDateTime
 from bot.storage.db import Database
 from bot.storage.models import GuildSettings, Image, Job, Member, ModerationEvent
@@ -29,7 +30,7 @@ from bot.storage.records import (
     MemberStats,
     ModerationEventRecord,
 )
-from bot.timers.clock import utcnow
+from generation.request import ImageParams
 
 R = TypeVar("R")
 EXCERPT_CHARS = 80
@@ -48,8 +49,22 @@ def _record(cls: type[R], row: Any) -> R:
     return cls(**{f.name: getattr(row, f.name) for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
 
 
+PARAM_FIELDS = tuple(f.name for f in dataclasses.fields(ImageParams))
+
+
+def _params_of(row: Job) -> ImageParams:
+    values = {name: getattr(row, name) for name in PARAM_FIELDS}
+    values["loras"] = tuple((name, float(weight)) for name, weight in values["loras"] or ())
+    return ImageParams(**values)
+
+
+def _param_columns(params: ImageParams) -> dict[str, Any]:
+    return params.to_dict()  # column names are the field names; loras as a JSON list
+
+
 def _job(row: Job) -> JobRecord:
-    return _record(JobRecord, row)
+    values = {f.name: getattr(row, f.name) for f in dataclasses.fields(JobRecord) if f.name != "params"}
+    return JobRecord(params=_params_of(row), **values)
 
 
 def _image(row: Image) -> ImageRecord:
@@ -103,16 +118,7 @@ async def create_job(
     guild_id: int | None,
     channel_id: int,
     user_id: int,
-    prompt: str,
-    negative_prompt: str,
-    seed: int,
-    steps: int,
-    guidance: float,
-    width: int,
-    height: int,
-    count: int,
-    scheduler: str,
-    model: str,
+    params: ImageParams,
     interaction_id: int | None = None,
     interaction_token: str | None = None,
     application_id: int | None = None,
@@ -126,17 +132,15 @@ async def create_job(
     async with db.session(write=True) as session:
         job = Job(
             guild_id=guild_id, channel_id=channel_id, user_id=user_id, interaction_id=interaction_id,
-            interaction_token=interaction_token, application_id=application_id, prompt=prompt,
-            negative_prompt=negative_prompt, seed=seed, steps=steps, guidance=guidance, width=width,
-            height=height, count=count, scheduler=scheduler, model=model, status="queued",
-            parent_job_id=parent_job_id, queued_at=now, prompt_truncated=False,
+            interaction_token=interaction_token, application_id=application_id, **_param_columns(params),
+            status="queued", parent_job_id=parent_job_id, queued_at=now, prompt_truncated=False,
         )
         session.add(job)
         await session.flush()
         if ledger_entry_id is not None:
             await session.execute(update(RateLimitEntry).where(RateLimitEntry.id == ledger_entry_id)
                                   .values(job_id=job.id))
-        await _touch_member(session, user_id, 1, count, now)
+        await _touch_member(session, user_id, 1, params.count, now)
         return _job(job)
 
 
@@ -421,11 +425,13 @@ async def moderation_events(db: Database, guild_id: int | None, limit: int = 20)
 def _guild(row: GuildSettings | None, guild_id: int) -> GuildSettingsRecord:
     if row is None:
         return GuildSettingsRecord(guild_id=guild_id, blocked_terms=(), nsfw_policy=None, images_per_window=None,
-                                   window_seconds=None, max_queued_per_user=None, contest_channel_id=None)
+                                   window_seconds=None, max_queued_per_user=None, contest_channel_id=None,
+                                   default_filter_rules=None)
     return GuildSettingsRecord(
         guild_id=row.guild_id, blocked_terms=tuple(row.blocked_terms or ()), nsfw_policy=row.nsfw_policy,
         images_per_window=row.images_per_window, window_seconds=row.window_seconds,
         max_queued_per_user=row.max_queued_per_user, contest_channel_id=row.contest_channel_id,
+        default_filter_rules=row.default_filter_rules,
     )
 
 
@@ -446,6 +452,7 @@ async def update_guild_settings(
     window_seconds: int | None = UNSET,
     max_queued_per_user: int | None = UNSET,
     contest_channel_id: int | None = UNSET,
+    default_filter_rules: bool | None = UNSET,
 ) -> GuildSettingsRecord:
     """Change what is given (``None`` clears an override); blocked terms are trimmed, de-duplicated, sorted."""
     async with db.session(write=True) as session:
@@ -464,7 +471,8 @@ async def update_guild_settings(
         row.blocked_terms = sorted(t for t in terms if t.casefold() not in removed)
         for name, value in (("nsfw_policy", nsfw_policy), ("images_per_window", images_per_window),
                             ("window_seconds", window_seconds), ("max_queued_per_user", max_queued_per_user),
-                            ("contest_channel_id", contest_channel_id)):
+                            ("contest_channel_id", contest_channel_id),
+                            ("default_filter_rules", default_filter_rules)):
             if value is not UNSET:
                 setattr(row, name, value)
         row.updated_at = utcnow()

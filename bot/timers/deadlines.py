@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, TypeVar
 
-from bot.timers.clock import Clock, as_utc
+from bot.clock import Clock, as_utc
 
 log = logging.getLogger(__name__)
 

@@ -16,12 +16,13 @@ import pytest
 from sqlalchemy import update
 
 from bot import bootstrap, cli
-from bot.config import settings_from_mapping
+from bot.clock import utcnow
+from bot.config import Settings, settings_from_mapping
 from bot.localdiscord import LocalDiscordServer
 from bot.storage import repository
 from bot.storage.db import Database, upgrade_to_head
 from bot.storage.models import Job
-from bot.timers.clock import utcnow
+from tests.helpers import local_bot_settings, new_job
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -121,15 +122,8 @@ def test_model_load_error_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "x" * 30 not in err
 
 
-def bot_settings(server: LocalDiscordServer, tmp_path: Path, **generation: Any) -> Any:
-    return settings_from_mapping({
-        "discord": {"token": server.token, "api_base_url": server.api_base_url,
-                    "gateway_url": server.gateway_url, "guild_ids": [server.guild.id]},
-        "database": {"url": f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"},
-        "storage": {"images_dir": str(tmp_path / "images")},
-        "generation": {"model": "tiny", "device": "cpu", "default_steps": 2, "default_width": 64,
-                       "default_height": 64, "min_size": 64, "max_size": 256, **generation},
-    }, environ={})
+def bot_settings(server: LocalDiscordServer, tmp_path: Path, **generation: Any) -> Settings:
+    return local_bot_settings(server, tmp_path, discord={"progress_edit_seconds": 1.0}, generation=generation)
 
 
 async def test_recovery_delivers_or_fails_each_unfinished_job(tmp_path: Path) -> None:
@@ -141,19 +135,19 @@ async def test_recovery_delivers_or_fails_each_unfinished_job(tmp_path: Path) ->
         common = dict(guild_id=server.guild.id, negative_prompt="", steps=2, guidance=7.5, width=64, height=64,
                       count=1, scheduler="euler", model="tiny")
         # Token presumably still valid, but Discord (here: the local server) refuses it -> channel message.
-        refused_token = await repository.create_job(
+        refused_token = await new_job(
             db, channel_id=server.general.id, user_id=bob.id, prompt="recovered one", seed=1,
             interaction_id=None, interaction_token="not-a-real-token-" * 3, application_id=server.application_id,
             **common)
         # Queued an hour ago: its token has expired -> channel message mentioning the member.
-        old = await repository.create_job(
+        old = await new_job(
             db, channel_id=server.art.id, user_id=carol.id, prompt="recovered two", seed=2,
             interaction_id=None, interaction_token="expired-token-" * 3, application_id=server.application_id,
             **common)
         await repository.mark_running(db, old.id)  # it was running when the bot stopped: starts over
         async with db.session(write=True) as session:
             await session.execute(update(Job).where(Job.id == old.id).values(queued_at=utcnow() - timedelta(hours=1)))
-        gone = await repository.create_job(db, channel_id=424242, user_id=bob.id, prompt="nowhere", seed=3,
+        gone = await new_job(db, channel_id=424242, user_id=bob.id, prompt="nowhere", seed=3,
                                            **common)
         await db.close()
 
@@ -184,7 +178,7 @@ async def test_sigterm_shuts_down_in_order(tmp_path: Path) -> None:
         settings = bot_settings(server, tmp_path)
         task = asyncio.create_task(bootstrap.run_bot(settings))
         await server.wait_until_connected(timeout=120)
-        await server._wait_until(lambda: server.find_command("imagine", server.guild.id), 30, "command sync")
+        await server.wait_until(lambda: server.find_command("imagine", server.guild.id), 30, "command sync")
         os.kill(os.getpid(), signal.SIGTERM)
         assert await asyncio.wait_for(task, 60) == 0
         loop = asyncio.get_running_loop()

@@ -68,16 +68,14 @@ INTERACTION_TOKEN = "aW50ZXJhY3Rpb246MTIzNDU2Nzg5MDEyMzQ1Njc4OTpzZWNyZXQtcGFydC0
 
 async def test_interaction_tokens_in_aiosqlite_debug_lines_are_redacted(capture: io.StringIO, tmp_path) -> None:
     """aiosqlite logs every statement with its parameters at DEBUG: the journalled job's token among them."""
-    from bot.storage import repository
     from bot.storage.db import Database
+    from tests.helpers import new_job
 
     setup_logging("DEBUG", secrets=[TOKEN], stream=capture)
     db = Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'log.db'}")
     try:
         await db.create_all()
-        await repository.create_job(db, guild_id=1, channel_id=2, user_id=3, prompt="a cat", negative_prompt="",
-                                    seed=1, steps=1, guidance=1.0, width=8, height=8, count=1, scheduler="euler",
-                                    model="tiny", interaction_token=INTERACTION_TOKEN, application_id=4)
+        await new_job(db, interaction_token=INTERACTION_TOKEN, application_id=4)
     finally:
         await db.close()
     output = capture.getvalue()

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import statistics
@@ -26,6 +25,7 @@ from bot.config import Settings, settings_from_mapping
 from bot.localdiscord import LocalDiscordServer, Member, Message
 from bot.storage import repository
 from bot.storage.records import JobRecord
+from tests.helpers import eventually, local_bot_config
 
 E2E_TOKEN = "e2e-bot-token-0123456789abcdef"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -101,29 +101,9 @@ def record_acks(server: LocalDiscordServer, test: str) -> None:
 # --- settings -----------------------------------------------------------------------------------------------
 
 
-def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``extra`` merged in, section by section."""
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def e2e_config(server: LocalDiscordServer, data_dir: Path, **sections: dict[str, Any]) -> dict[str, Any]:
-    """The config mapping of an e2e bot; ``sections`` are merged in (``rate_limits={"images_per_window": 2}``)."""
-    base: dict[str, Any] = {
-        "discord": {"token": server.token, "api_base_url": server.api_base_url, "gateway_url": server.gateway_url,
-                    "guild_ids": [server.guild.id], "progress_edit_seconds": 0.2},
-        "database": {"url": f"sqlite+aiosqlite:///{data_dir / 'imagine.db'}"},
-        "storage": {"images_dir": str(data_dir / "images")},
-        "generation": {"model": "tiny", "device": "cpu", "dtype": "fp32", "default_steps": 2, "max_steps": 30,
-                       "default_width": 64, "default_height": 64, "min_size": 64, "max_size": 256,
-                       "previews": False},
-    }
-    return merge(base, sections)
+    """The config mapping of an e2e bot (see :func:`tests.helpers.local_bot_config`)."""
+    return local_bot_config(server, data_dir, **sections)
 
 
 # --- bots ---------------------------------------------------------------------------------------------------
@@ -176,21 +156,6 @@ def is_result_for(member: Member, channel_id: int | None = None) -> Callable[[Me
         return (not message.ephemeral and f"<@{member.id}>" in message.content and png_of(message) is not None
                 and (channel_id is None or message.channel_id == channel_id))
     return check
-
-
-async def eventually(check: Callable[[], Any], what: str, timeout: float = 10.0,  # noqa: ASYNC109
-                     interval: float = 0.05) -> Any:
-    """Poll ``check`` (sync or async) until it returns something truthy; AssertionError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 def imagine_label(options: dict[str, Any], note: str = "") -> str:

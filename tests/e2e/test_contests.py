@@ -21,11 +21,12 @@ import pytest
 from PIL import Image, ImageOps, ImageStat
 
 from bot.bootstrap import RunningBot, build_services, start_bot
-from bot.config import Settings, settings_from_mapping
+from bot.clock import ManualClock, utcnow
+from bot.config import Settings
 from bot.contests import picture
 from bot.localdiscord import LocalDiscordServer
 from bot.storage import contest_repository, repository
-from bot.timers.clock import ManualClock, utcnow
+from tests.helpers import local_bot_settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -34,14 +35,7 @@ STAR = "⭐"
 
 
 def contest_settings(server: LocalDiscordServer, tmp_path: Path) -> Settings:
-    return settings_from_mapping({
-        "discord": {"token": server.token, "api_base_url": server.api_base_url, "gateway_url": server.gateway_url,
-                    "guild_ids": [server.guild.id], "progress_edit_seconds": 0.5},
-        "database": {"url": f"sqlite+aiosqlite:///{tmp_path / 'imagine.db'}"},
-        "storage": {"images_dir": str(tmp_path / "images")},
-        "generation": {"model": "tiny", "device": "cpu", "default_steps": 2, "default_width": 64,
-                       "default_height": 64, "min_size": 64, "max_size": 256},
-    }, environ={})
+    return local_bot_settings(server, tmp_path, discord={"progress_edit_seconds": 0.5})
 
 
 async def _start(settings: Settings, clock: ManualClock, model: Any) -> RunningBot:

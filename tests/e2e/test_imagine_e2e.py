@@ -70,7 +70,7 @@ async def test_imagine_posts_png_with_recipe_embed_buttons_and_journal(
 
     # The journal: done, with the image's file on disk, byte-identical to what was posted.
     job = await e2e.job_with_status(bot, job.id, "done")
-    assert (job.prompt, job.seed, job.steps, job.user_id) == (prompt, 1234, 3, bob.id)
+    assert (job.params.prompt, job.params.seed, job.params.steps, job.user_id) == (prompt, 1234, 3, bob.id)
     images = await repository.images_for_job(bot.services.db, job.id)
     assert len(images) == 1
     path = Path(bot.services.images_dir) / images[0].path
@@ -100,11 +100,11 @@ async def test_rerun_reaction_makes_child_job_with_new_seed(
     child = await e2e.job_of(bot, rerun)
     assert child.parent_job_id == parent.id
     assert child.id != parent.id
-    assert child.seed != parent.seed
-    assert (child.prompt, child.steps, child.width, child.height) == (parent.prompt, parent.steps, parent.width,
-                                                                      parent.height)
-    assert _seed_in_png(rerun) == child.seed
-    assert _field(rerun, "Seed") == str(child.seed)
+    assert child.params.seed != parent.params.seed
+    same = ("prompt", "steps", "width", "height")
+    assert [getattr(child.params, n) for n in same] == [getattr(parent.params, n) for n in same]
+    assert _seed_in_png(rerun) == child.params.seed
+    assert _field(rerun, "Seed") == str(child.params.seed)
     # The member's 🔄 is taken off again (so they can rerun once more), the "queued" note goes away.
     await eventually(lambda: bob.id not in server.messages[first.id].reactions.get("🔄", []),
                      "the member's 🔄 removed")
@@ -125,8 +125,8 @@ async def test_rerun_button_makes_new_image_with_new_seed(
                                           include_existing=True)
     child = await e2e.job_of(bot, rerun)
     assert child.parent_job_id == parent.id
-    assert child.seed != parent.seed == 5
-    assert _seed_in_png(rerun) == child.seed
+    assert child.params.seed != parent.params.seed == 5
+    assert _seed_in_png(rerun) == child.params.seed
     assert png_of(rerun) != png_of(first)
     assert rerun.id in press.message_ids, "not delivered through the button's interaction"
 

@@ -215,13 +215,15 @@ async def test_sigkill_with_queued_jobs_then_restart_delivers_every_job(
         discord_server: LocalDiscordServer, tmp_path: Path, e2e: E2E) -> None:
     server = discord_server
     db_path = tmp_path / "imagine.db"
-    config = e2e_config(server, tmp_path, generation={"max_batch_size": 1}, logging={"level": "INFO"})
+    # The long job must still be running when the last command is journalled, however slow this machine is: 300
+    # steps at 256x256 take seconds even on a quiet machine, while journalling three commands takes milliseconds.
+    config = e2e_config(server, tmp_path, generation={"max_batch_size": 1, "max_steps": 300}, logging={"level": "INFO"})
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
     bot = BotProcess(config_path, tmp_path / "bot.log")
     bob, carol, olivia = (server.members[n] for n in ("bob", "carol", "olivia"))
     requests = [  # the first runs long enough to be killed while running; the rest wait behind it
-        (bob, {"prompt": "a long job, a harbour at night", "steps": 30, "width": 256, "height": 256, "seed": 11}),
+        (bob, {"prompt": "a long job, a harbour at night", "steps": 300, "width": 256, "height": 256, "seed": 11}),
         (carol, {"prompt": "a queued job, a green apple", "steps": 3, "seed": 22}),
         (olivia, {"prompt": "a queued job, a yellow duck", "steps": 3, "seed": 33}),
         (bob, {"prompt": "a queued job, a wooden chair", "steps": 3, "width": 96, "seed": 44}),
@@ -434,8 +436,13 @@ async def test_recovered_job_whose_deferred_response_was_never_edited_is_posted_
     assert _seed_in_png(result) == 12
     original = waiting.original
     assert original is not None and original.ephemeral and not original.loading and png_of(original) is None
-    done = await e2e.job_with_status(second, job.id, "done")
-    assert done.message_id == result.id
+    # "done" is recorded before the posted message's id: wait for the id itself, not for the status.
+    async def posted() -> bool:
+        stored = await repository.get_job(second.services.db, job.id)
+        return stored is not None and stored.message_id == result.id
+
+    await eventually(posted, "the result's message id recorded on the job")
+    assert (await repository.get_job(second.services.db, job.id)).status == "done"
 
 
 # --- the interaction token expired before the result: a channel message instead ---------------------------------

@@ -13,28 +13,17 @@ from pathlib import Path
 import pytest
 
 from bot.bootstrap import start_bot
-from bot.config import settings_from_mapping
+from bot.config import Settings
 from bot.localdiscord import LocalDiscordServer
+from tests.helpers import local_bot_settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def smoke_settings(server: LocalDiscordServer, tmp_path: Path):
-    return settings_from_mapping({
-        "discord": {
-            "token": server.token,
-            "api_base_url": server.api_base_url,
-            "gateway_url": server.gateway_url,
-            "guild_ids": [server.guild.id],
-            "progress_edit_seconds": 0.2,
-        },
-        "database": {"url": f"sqlite+aiosqlite:///{tmp_path / 'imagine.db'}"},
-        "storage": {"images_dir": str(tmp_path / "images")},
-        "generation": {"model": "tiny", "device": "cpu", "default_steps": 2, "default_width": 64,
-                       "default_height": 64, "min_size": 64, "max_size": 256},
-    }, environ={})
+def smoke_settings(server: LocalDiscordServer, tmp_path: Path) -> Settings:
+    return local_bot_settings(server, tmp_path)
 
 
 async def test_imagine_posts_a_png(tmp_path: Path) -> None:
@@ -66,6 +55,6 @@ async def test_imagine_posts_a_png(tmp_path: Path) -> None:
             from bot.storage import repository
 
             job = await repository.find_job_by_message(running.services.db, result.id)
-            assert job is not None and job.status == "done" and job.seed == 42
+            assert job is not None and job.status == "done" and job.params.seed == 42
         finally:
             await running.close()

@@ -94,3 +94,46 @@ def test_missing_output_folder_and_bad_argument_exit_2(tmp_path: Path, capsys: p
     assert generate_main(["cat", "--model", "tiny", "-o", str(tmp_path / "no" / "x.png")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert generate_main(["cat", "--seed", "abc"]) == 2
+
+
+def test_img2img_and_upscale_from_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str], picture) -> None:
+    from PIL import Image
+
+    start = tmp_path / "start.jpg"
+    start.write_bytes(picture((96, 64), fmt="JPEG"))
+    out = tmp_path / "varied.png"
+    common = ["--model", "tiny", "--device", "cpu", "--seed", "3", "--steps", "4", "--no-progress"]
+    code = generate_main(["a tea garden", "--image", str(start), "--strength", "0.5", "-o", str(out), *common])
+    assert code == 0, capsys.readouterr().err
+    with Image.open(out) as image:
+        assert image.size == (384, 256)  # the start image brought within the size bounds (min_size 256)
+        assert "Denoising strength: 0.5" in image.text["parameters"]
+    big = tmp_path / "big.png"
+    code = generate_main(["a tea garden", "--image", str(out), "--upscale", "2", "-o", str(big), *common,
+                          "--config", str(_config(tmp_path, "max_upscale_pixels: 262144"))])
+    assert code == 0, capsys.readouterr().err
+    with Image.open(big) as image:
+        assert image.size == (576, 384)  # 768x512 is over the cap: shrunk to 262144 pixels, multiples of 64
+        assert "Hires upscale: 2" in image.text["parameters"]
+
+
+def _config(tmp_path: Path, line: str) -> Path:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"generation:\n  {line}\n", encoding="utf-8")
+    return config
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--image", "MISSING"], "error: cannot read the image"),
+    (["--image", "TEXT"], "error: the image could not be read; send a PNG, JPEG or WebP file."),
+    (["--strength", "0.5"], "error: strength needs an image to start from; attach one."),
+    (["--style", "noir"], "error: style must be one of: none are configured (got noir)."),
+])
+def test_image_options_refused_with_one_line(argv: list[str], message: str, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "notes.txt").write_text("not a picture", encoding="utf-8")
+    argv = [str(tmp_path / "absent.png") if a == "MISSING" else str(tmp_path / "notes.txt") if a == "TEXT" else a
+            for a in argv]
+    code = generate_main(["cat", *argv, "--model", "tiny", "-o", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(message) and err.count("\n") == 1

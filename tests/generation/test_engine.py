@@ -17,7 +17,7 @@ from PIL import Image
 
 from generation.engine import DiffusionEngine, GenerationInterrupted
 from generation.loading import load_pipeline
-from generation.request import GenerationRequest
+from generation.request import GenerationRequest, ImageParams
 from generation.schedulers import SCHEDULER_NAMES
 from generation.settings import GenerationSettings
 
@@ -31,11 +31,16 @@ def engine() -> DiffusionEngine:
     return DiffusionEngine(load_pipeline(settings), settings)
 
 
-def req(prompt: str = "a red cat", seed: int = 42, requester: str = "u1", **kw) -> GenerationRequest:
+def req(prompt: str = "a red cat", seed: int = 42, requester: str = "u1", init_image: bytes | None = None,
+        **kw) -> GenerationRequest:
     fields = {"negative_prompt": "", "steps": 4, "guidance": 7.5, "width": 64, "height": 64, "count": 1,
               "scheduler": "euler_a"}
     fields.update(kw)
-    return GenerationRequest(prompt=prompt, seed=seed, requester_id=requester, **fields)
+    return GenerationRequest(ImageParams(prompt=prompt, seed=seed, **fields), requester, init_image)
+
+
+def replace(request: GenerationRequest, **changes) -> GenerationRequest:
+    return dataclasses.replace(request, params=dataclasses.replace(request.params, **changes))
 
 
 def diff(a: Image.Image, b: Image.Image) -> np.ndarray:
@@ -94,11 +99,11 @@ def test_should_stop_interrupts_the_call(engine: DiffusionEngine) -> None:
 
 
 def test_scheduler_is_per_call_and_shared_one_is_untouched(engine: DiffusionEngine) -> None:
-    shared = engine.pipeline.scheduler
+    shared = engine.models.get("").pipeline.scheduler
     before = dict(shared.config)
     a = engine.generate([req(scheduler="ddim")])[0][0]
     b = engine.generate([req(scheduler="euler_a")])[0][0]
-    assert engine.pipeline.scheduler is shared and dict(shared.config) == before
+    assert engine.models.get("").pipeline.scheduler is shared and dict(shared.config) == before
     assert shared.num_inference_steps is None  # never had set_timesteps called on it
     assert diff(a, b).mean() > 1  # the sampler really changed
 
@@ -114,9 +119,9 @@ def test_batch_key(engine: DiffusionEngine) -> None:
     assert engine.batch_key(base) == engine.batch_key(req("other", seed=9, requester="u9", count=4,
                                                           negative_prompt="x"))
     for change in ({"width": 128}, {"height": 128}, {"steps": 5}, {"scheduler": "ddim"}, {"guidance": 3.0}):
-        assert engine.batch_key(base) != engine.batch_key(dataclasses.replace(base, **change)), change
+        assert engine.batch_key(base) != engine.batch_key(replace(base, **change)), change
     with pytest.raises(ValueError, match="batch key"):
-        engine.generate([base, dataclasses.replace(base, steps=5)])
+        engine.generate([base, replace(base, steps=5)])
     assert engine.generate([]) == []
     assert engine.model_name == "tiny"
 
@@ -136,8 +141,8 @@ def test_out_of_memory_detection_and_free(engine: DiffusionEngine) -> None:
 
 
 def test_tokens_truncated(engine: DiffusionEngine) -> None:
-    assert not engine.tokens_truncated("a red cat")
-    assert engine.tokens_truncated("cat " * 100)
+    assert not engine.tokens_truncated(ImageParams("a red cat"))
+    assert engine.tokens_truncated(ImageParams("cat " * 100))
 
 
 def test_preview_is_a_small_rgb_image_per_latent(engine: DiffusionEngine) -> None:
@@ -148,3 +153,24 @@ def test_preview_is_a_small_rgb_image_per_latent(engine: DiffusionEngine) -> Non
     assert previews[0].mode == "RGB" and previews[0].size == (24, 16)
     r, g, b = (int(v) for v in np.asarray(previews[0]).reshape(-1, 3).mean(0))
     assert b > g > r
+
+
+@pytest.mark.parametrize("name", SCHEDULER_NAMES)
+@pytest.mark.parametrize("strength", [None, 0.5])
+def test_progress_counts_steps_as_diffusers_does(engine: DiffusionEngine, name: str, strength: float | None,
+                                                 picture) -> None:
+    """heun calls the UNet 2N-1 times and pndm N+1 times for N steps; both report exactly 1..N of N."""
+    seen: list[tuple[int, int]] = []
+    request = req(scheduler=name, steps=6, strength=strength, init_image=picture() if strength else None)
+    engine.generate([request], on_step=lambda s, t, lat: seen.append((s, t)))
+    total = request.params.denoising_steps
+    assert total == (3 if strength else 6)
+    assert seen == [(step, total) for step in range(1, total + 1)], (name, seen)
+
+
+def test_heun_stops_after_the_requested_step(engine: DiffusionEngine) -> None:
+    seen: list[int] = []
+    with pytest.raises(GenerationInterrupted):
+        engine.generate([req(scheduler="heun", steps=8)], on_step=lambda s, t, lat: seen.append(s),
+                        should_stop=lambda: len(seen) >= 3)
+    assert seen == [1, 2, 3]

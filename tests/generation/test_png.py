@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from generation.png import encode_png, parameters_text, parse_parameters, read_parameters
-from generation.request import GenerationRequest
+from generation.request import ImageParams
 
-BASE = GenerationRequest(prompt="a cat in a hat", negative_prompt="blurry, ugly", seed=5, steps=20, guidance=7.5,
-                         width=512, height=768, count=1, scheduler="dpmpp_2m", requester_id="u1")
+BASE = ImageParams(prompt="a cat in a hat", negative_prompt="blurry, ugly", seed=5, steps=20, guidance=7.5,
+                   width=512, height=768, count=1, scheduler="dpmpp_2m")
 
 
 def image() -> Image.Image:
@@ -61,6 +61,28 @@ def test_round_trip(prompt: str, negative: str) -> None:
     assert back["Steps"] == 20 and back["Seed"] == 4294967295 and back["CFG scale"] == 7.5
     assert back["Sampler"] == "DPM++ 2M" and back["Model"] == "my-model.safetensors"
     assert (back["width"], back["height"]) == (512, 768)
+    assert back["loras"] == [] and "Denoising strength" not in back and "Parent seed" not in back
+
+
+def test_img2img_upscale_lora_and_parent_are_recorded_the_web_ui_way() -> None:
+    params = dataclasses.replace(BASE, strength=0.35, upscale=2.0, parent_seed=41, style="film, v2",
+                                 loras=(("film-look", 0.8), ("grain", -0.5)))
+    text = parameters_text(params, 6, "anime: v3")
+    assert text == (
+        "a cat in a hat <lora:film-look:0.8> <lora:grain:-0.5>\nNegative prompt: blurry, ugly\n"
+        'Steps: 20, Sampler: DPM++ 2M, CFG scale: 7.5, Seed: 6, Size: 512x768, Model: "anime: v3", '
+        'Denoising strength: 0.35, Hires upscale: 2, Parent seed: 41, Style: "film, v2"'
+    )
+    back = parse_parameters(read_parameters(encode_png(image(), text)) or "")
+    assert back["prompt"] == "a cat in a hat" and back["loras"] == [("film-look", 0.8), ("grain", -0.5)]
+    assert back["Denoising strength"] == 0.35 and back["Hires upscale"] == 2.0 and back["Parent seed"] == 41
+    assert back["Model"] == "anime: v3" and back["Style"] == "film, v2" and back["Seed"] == 6
+
+
+def test_lora_tags_inside_a_prompt_stay_in_it() -> None:
+    back = parse_parameters("a <lora:x:1> cat\nSteps: 4, Seed: 1")
+    assert back["prompt"] == "a <lora:x:1> cat" and back["loras"] == []
+    assert parse_parameters("<lora:x:1>\nSteps: 4")["prompt"] == "<lora:x:1>"  # a prompt of only tags is kept
 
 
 def test_parse_foreign_web_ui_text_with_quoted_values() -> None:
@@ -72,7 +94,7 @@ def test_parse_foreign_web_ui_text_with_quoted_values() -> None:
 
 
 def test_text_without_settings_line_is_all_prompt() -> None:
-    assert parse_parameters("just a prompt") == {"prompt": "just a prompt", "negative_prompt": ""}
+    assert parse_parameters("just a prompt") == {"prompt": "just a prompt", "negative_prompt": "", "loras": []}
 
 
 def test_read_parameters_of_other_pngs_and_non_pngs() -> None:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import pytest
 from PIL import Image
 
-from generation.request import GenerationRequest
+from generation.request import GenerationRequest, ImageParams
 from generation.worker import (
     OOM_MESSAGE,
     GenerationError,
@@ -58,32 +58,33 @@ class FakeEngine:
         self.truncate_prompts: set[str] = set()
 
     def batch_key(self, request: GenerationRequest) -> tuple:
-        return (request.width, request.height, request.steps, request.scheduler)
+        p = request.params
+        return (p.width, p.height, p.steps, p.scheduler)
 
     def generate(self, requests, *, on_step=None, should_stop=None):
         self.threads.add(threading.get_ident())
         call = len(self.calls)
-        self.calls.append([r.prompt for r in requests])
+        self.calls.append([r.params.prompt for r in requests])
         self.entered.set()
         self.started(call).set()
         for gate in (self.gate, self.gates.get(call)):
             if gate is not None:
                 assert gate.wait(WAIT), "test never opened the gate"
-        if any(r.prompt in self.fail_prompts for r in requests):
+        if any(r.params.prompt in self.fail_prompts for r in requests):
             raise ValueError("simulated engine bug")
         if self.oom_if(requests):
             raise FakeOOM("CUDA out of memory (simulated)")
-        total = requests[0].steps
+        total = requests[0].params.denoising_steps
         for step in range(1, total + 1):
             if should_stop is not None and should_stop():
                 self.stopped_at = step
                 return [[] for _ in requests]
             if on_step is not None:
-                on_step(step, total, {"n": sum(r.count for r in requests)})
+                on_step(step, total, {"n": sum(r.params.count for r in requests)})
             if step == self.pause_after_step:
                 self.paused.set()
                 assert self.resume.wait(WAIT), "test never resumed"
-        return [[self.image(r, r.seed + i) for i in range(r.count)] for r in requests]
+        return [[self.image(r.params, r.params.seed + i) for i in range(r.params.count)] for r in requests]
 
     def started(self, call: int) -> threading.Event:
         """Set once generate() call number ``call`` (0-based) has begun."""
@@ -91,8 +92,8 @@ class FakeEngine:
             return self._started.setdefault(call, threading.Event())
 
     @staticmethod
-    def image(request: GenerationRequest, seed: int) -> Image.Image:
-        return Image.new("RGB", (request.width, request.height), (seed % 256, (seed // 256) % 256, 7))
+    def image(params: ImageParams, seed: int) -> Image.Image:
+        return Image.new("RGB", (params.width, params.height), (seed % 256, (seed // 256) % 256, 7))
 
     def preview(self, latents):
         return [Image.new("RGB", (8, 8), (i, 0, 0)) for i in range(latents["n"])]
@@ -103,14 +104,18 @@ class FakeEngine:
     def free_memory(self) -> None:
         self.freed += 1
 
-    def tokens_truncated(self, prompt: str) -> bool:
-        return prompt in self.truncate_prompts
+    def tokens_truncated(self, params: ImageParams) -> bool:
+        return params.prompt in self.truncate_prompts
+
+    def model_label(self, params: ImageParams) -> str:
+        return params.model or self.model_name
 
 
 def req(prompt: str, requester: str = "u1", *, size: int = 64, steps: int = 3, count: int = 1,
-        seed: int = 1) -> GenerationRequest:
-    return GenerationRequest(prompt=prompt, negative_prompt="", seed=seed, steps=steps, guidance=7.0, width=size,
-                             height=size, count=count, scheduler="euler_a", requester_id=requester)
+        seed: int = 1, **params) -> GenerationRequest:
+    return GenerationRequest(ImageParams(prompt=prompt, negative_prompt="", seed=seed, steps=steps, guidance=7.0,
+                                         width=size, height=size, count=count, scheduler="euler_a", **params),
+                             requester_id=requester)
 
 
 async def wait_thread_event(event: threading.Event) -> None:
@@ -180,7 +185,7 @@ async def test_fair_round_robin_across_requesters(engine: FakeEngine) -> None:
         assert worker.position(first.job_id) == 0
         # z was just served, so its second job waits for everyone else's first
         expected = ["a1", "b1", "c1", "z2", "a2", "a3", "a4"]
-        positions = {h.request.prompt: worker.position(h.job_id) for h in handles}
+        positions = {h.params.prompt: worker.position(h.job_id) for h in handles}
         assert sorted(positions, key=positions.__getitem__) == expected
         assert worker.jobs_of("a") == [h.job_id for h in handles[:4]]
         assert worker.queued_count == 7
@@ -320,7 +325,7 @@ async def test_progress_arrives_in_order_and_ends(engine: FakeEngine) -> None:
 
     async def consume(handle: JobHandle) -> None:
         async for item in handle.progress():
-            seen[handle.request.prompt].append(item)
+            seen[handle.params.prompt].append(item)
 
     consumers = [asyncio.create_task(consume(a)), asyncio.create_task(consume(b))]
     await asyncio.sleep(0)  # let both consumers subscribe before the worker starts
@@ -374,7 +379,7 @@ async def test_oom_splits_the_batch_and_retries_each_half(engine: FakeEngine) ->
 
 async def test_a_job_that_ooms_alone_fails_while_the_others_succeed(engine: FakeEngine) -> None:
     engine.gate = threading.Event()
-    engine.oom_if = lambda requests: any(r.prompt == "huge" for r in requests)
+    engine.oom_if = lambda requests: any(r.params.prompt == "huge" for r in requests)
     worker = GenerationWorker(engine, queue_size=8, max_batch_size=4)
     await worker.start()
     try:
@@ -575,3 +580,22 @@ async def test_a_request_that_makes_the_engine_raise_fails_alone(engine: FakeEng
     # One call for the batch, then halves until "bad" is alone; the good half runs once.
     assert engine.calls == [["z"], ["a", "bad", "c", "d"], ["a", "bad"], ["a"], ["bad"], ["c", "d"]]
     assert engine.freed == 0  # not out of memory: nothing to free
+
+
+async def test_estimates_count_the_steps_img2img_really_runs(engine: FakeEngine) -> None:
+    worker = GenerationWorker(engine, queue_size=8, max_batch_size=1)
+    await worker.start()
+    try:
+        await worker.submit(req("warm-up", steps=4))
+        engine.gate = threading.Event()
+        running = worker.submit(req("running", "a", steps=4))
+        await wait_thread_event(engine.started(1))
+        txt2img = worker.submit(req("t", "b", steps=8))
+        img2img = worker.submit(req("i", "c", steps=8, strength=0.5))  # runs int(8 * 0.5) = 4 steps
+        ahead, t_done, i_done = (worker.estimate_seconds(h.job_id) for h in (running, txt2img, img2img))
+        assert ahead is not None and t_done is not None and i_done is not None
+        assert (i_done - t_done) == pytest.approx((t_done - ahead) / 2)
+        engine.gate.set()
+        await asyncio.gather(running, txt2img, img2img)
+    finally:
+        await worker.close()

@@ -12,6 +12,7 @@ from sqlalchemy import create_engine, inspect
 from bot.storage.cli import db_main
 from bot.storage.db import Database, current_revision, run_alembic, upgrade_to_head
 from bot.storage.schema import metadata
+from tests.helpers import new_job
 
 CORE_TABLES = {"members", "guild_settings", "jobs", "images", "moderation_events", "rate_limit_ledger"}
 
@@ -59,11 +60,10 @@ async def test_upgrade_to_head_runs_off_the_loop_and_db_works(tmp_path: Path) ->
     url = f"sqlite+aiosqlite:///{tmp_path / 'x' / 'bot.db'}"
     await upgrade_to_head(url)
     await upgrade_to_head(url)  # idempotent
-    from bot.storage import repository
 
     db = Database.connect(url)
     try:
-        job = await repository.create_job(db, guild_id=1, channel_id=2, user_id=3, prompt="p", negative_prompt="",
+        job = await new_job(db, guild_id=1, channel_id=2, user_id=3, prompt="p", negative_prompt="",
                                           seed=1, steps=1, guidance=1.0, width=8, height=8, count=1,
                                           scheduler="euler", model="tiny")
         assert job.status == "queued"

@@ -15,6 +15,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.gate.content_filter import term_key
 from bot.gate.rate_limits import Limits, loosening, tighten
 from bot.storage import repository
 from bot.storage.records import GuildSettingsRecord
@@ -45,6 +46,9 @@ def settings_summary(record: GuildSettingsRecord, settings: Any, host: Limits) -
     cf = settings.content_filter
     effective = tighten(host, record)
 
+    def choice(value: object, default: object) -> str:
+        return f"**{value}**" if value is not None else f"{default} (config default)"
+
     def show(own: int | None, value: int, allowed: int) -> str:
         if own is None:
             return f"{value} (the bot's default)"
@@ -52,8 +56,11 @@ def settings_summary(record: GuildSettingsRecord, settings: Any, host: Limits) -
 
     lines = [
         f"Blocked terms: **{len(record.blocked_terms)}** (`/settings blocked list` shows them)",
-        f"NSFW policy override: {f'**{record.nsfw_policy}**' if record.nsfw_policy else 'none'} — "
-        f"config: {cf.nsfw_policy} (NSFW channels: {cf.nsfw_channel_policy})",
+        "Shipped content rules: " + choice(None if record.default_filter_rules is None
+                                           else ("on" if record.default_filter_rules else "off"),
+                                           "on" if cf.default_rules else "off"),
+        f"NSFW policy override: {choice(record.nsfw_policy, 'none')} — config: {cf.nsfw_policy} "
+        f"(NSFW channels: {cf.nsfw_channel_policy})",
         f"Images per window: {show(record.images_per_window, effective.images_per_window, host.images_per_window)}",
         f"Window (seconds): {show(record.window_seconds, effective.window_seconds, host.window_seconds)}",
         "Jobs waiting per member: "
@@ -86,8 +93,6 @@ class Admin(commands.Cog):
     @app_commands.describe(term="word or phrase to refuse")
     async def blocked_add(self, interaction: discord.Interaction,
                           term: app_commands.Range[str, 1, MAX_TERM_CHARS]) -> None:
-        from bot.gate.content_filter import term_key
-
         await interaction.response.defer(ephemeral=True, thinking=True)
         if not term_key(term):
             await self._reply(interaction, "That term has no letters or digits, so it could never match.")
@@ -140,6 +145,19 @@ class Admin(commands.Cog):
         note = "" if self.services.safety_checker is not None else (
             "\nNote: no safety checker is configured for this bot, so nothing is flagged yet.")
         await self._reply(interaction, f"NSFW policy set to **{policy}**.{note}")
+
+    @settings_group.command(name="rules", description="Whether the bot's shipped content rules apply here")
+    @app_commands.check(admin_check)
+    @app_commands.describe(apply="on or off for this server; default follows the bot's config")
+    async def rules(self, interaction: discord.Interaction, apply: Literal["on", "off", "default"]) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        value = {"on": True, "off": False, "default": None}[apply]
+        await repository.update_guild_settings(self.services.db, interaction.guild_id, default_filter_rules=value)
+        configured = "on" if self.services.settings.content_filter.default_rules else "off"
+        effective = configured if value is None else apply
+        log.info("shipped content rules switched", extra={"guild": interaction.guild_id, "to": apply})
+        await self._reply(interaction, f"The shipped content rules are now **{effective}** on this server"
+                          + (" (the bot's default)." if value is None else "."))
 
     @settings_group.command(name="limits", description="Tighten the rate limits for this server")
     @app_commands.check(admin_check)

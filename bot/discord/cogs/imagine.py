@@ -56,7 +56,7 @@ class ImagineBase(commands.Cog, name="Imagine"):
     async def start(self, interaction: discord.Interaction, options: Options, *,
                     parent_job_id: int | None = None, source: str = "imagine") -> Accepted | Refusal:
         """Gate and queue; the deferred ephemeral response shows a refusal, or position then progress."""
-        outcome = await submit(self.services, options, origin_of(interaction, parent_job_id=parent_job_id,
+        outcome = await submit(self.services.gate, options, origin_of(interaction, parent_job_id=parent_job_id,
                                                                   source=source))
         if isinstance(outcome, Refusal):
             await self._edit(interaction, outcome.message)
@@ -116,8 +116,8 @@ def make_imagine_cog(settings: GenerationSettings) -> type[ImagineBase]:
         ) -> None:
             # First, always: Discord wants an answer within 3 s whatever the queue or the database does.
             await interaction.response.defer(ephemeral=True, thinking=True)
-            options = Options(
-                prompt=prompt, negative_prompt=negative_prompt or "", seed=seed, steps=steps, guidance=guidance,
+            options = Options.of(
+                prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps, guidance=guidance,
                 width=width, height=height, count=count, scheduler=scheduler.value if scheduler else None,
             )
             await self.start(interaction, options)

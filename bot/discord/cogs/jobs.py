@@ -14,13 +14,13 @@ import discord
 from discord import app_commands
 from discord.ext import commands, tasks
 
+from bot.clock import utcnow
 from bot.discord import formatting
 from bot.discord.delivery import TOKEN_LIFETIME
 from bot.storage import repository
 from bot.storage.images import read_image
 from bot.storage.records import UNFINISHED, ImageRecord, JobRecord
 from bot.text import MESSAGE_CONTENT_LIMIT, discord_timestamp, truncate
-from bot.timers.clock import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def history_lines(jobs: list[JobRecord]) -> str:
         return "You have no jobs here yet. Try `/imagine`."
     lines = []
     for job in jobs:
-        prompt = truncate(" ".join(job.prompt.split()), 60)
+        prompt = truncate(" ".join(job.params.prompt.split()), 60)
         link = message_link(job)
         when = discord_timestamp(job.queued_at, "R")
         suffix = f" — [result]({link})" if link else (f" — {job.status}" if job.status != "done" else "")

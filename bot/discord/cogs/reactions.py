@@ -59,7 +59,7 @@ class Reactions(commands.Cog):
         roles = tuple(role.id for role in payload.member.roles) if payload.member is not None else ()
         origin = Origin(user_id=payload.user_id, channel_id=payload.channel_id, guild_id=payload.guild_id,
                         role_ids=roles, parent_job_id=job.id, source="reaction")
-        outcome = await submit(self.services, Options.rerun_of(job), origin)
+        outcome = await submit(self.services.gate, Options.rerun_of(job), origin)
         mention = f"<@{payload.user_id}>"
         reference = discord.MessageReference(message_id=payload.message_id, channel_id=payload.channel_id,
                                              guild_id=payload.guild_id, fail_if_not_exists=False)

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from bot.clock import ManualClock, utcnow
 from bot.contests.service import ContestService
 from bot.storage import repository
 from bot.storage.db import Database
-from bot.timers.clock import ManualClock, utcnow
+from tests.helpers import new_job
 
 GUILD = 1000
 CHANNEL = 2000
@@ -58,7 +59,7 @@ def make_job(db: Database, tmp_path: Path) -> MakeJob:
 
     async def _make(user: int, *, prompt: str = "a cat", status: str = "done", count: int = 1,
                     colour: tuple[int, int, int] = (200, 50, 50), guild: int = GUILD, nsfw: bool = False) -> int:
-        job = await repository.create_job(
+        job = await new_job(
             db, guild_id=guild, channel_id=CHANNEL, user_id=user, prompt=prompt, negative_prompt="", seed=1,
             steps=2, guidance=7.0, width=32, height=32, count=count, scheduler="euler", model="tiny")
         images = tmp_path / "images"

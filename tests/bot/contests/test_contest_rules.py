@@ -48,12 +48,6 @@ def test_phase_at(now: datetime, state: rules.ContestState, phase: str) -> None:
     assert rules.phase_at(W, now, state) == phase
 
 
-def test_next_deadline_moves_from_submission_to_vote_end() -> None:
-    assert rules.next_deadline(W, "running", SUBMITTING) == W.submit_ends_at
-    assert rules.next_deadline(W, "running", VOTING) == W.vote_ends_at
-    assert rules.next_deadline(W, "finished", VOTING) is None
-
-
 VOTE_CASES = [
     # (name, now, voter, author, already_voted, expected code or None)
     ("ok", VOTING, 2, 1, False, None),

@@ -10,12 +10,13 @@ from datetime import timedelta
 import pytest
 from PIL import Image
 
+from bot.clock import ManualClock
 from bot.contests.rules import RuleError
 from bot.contests.service import ContestService, Outcome
 from bot.storage import contest_repository as repo
+from bot.storage import repository
 from bot.storage.contest_records import ContestRecord
 from bot.storage.db import Database
-from bot.timers.clock import ManualClock
 
 GUILD, CHANNEL = 1000, 2000  # as in conftest.py
 ALICE, BOB, CAROL, DAVE = 11, 12, 13, 14
@@ -102,8 +103,7 @@ async def test_full_contest_ranks_from_the_votes_table(service: ContestService, 
         assert info.value.code == code
     # unvote and vote again: still one vote
     assert (await service.unvote(entries[ALICE].id, BOB)).votes == 0
-    voted, change = await service.toggle_vote(entries[ALICE].id, BOB)
-    assert voted and change.votes == 1
+    assert (await service.vote(entries[ALICE].id, BOB)).votes == 1
 
     await clock.set(contest.vote_ends_at)
     await service.scheduler.wait_settled()
@@ -151,10 +151,8 @@ async def test_entry_rules_against_real_jobs(service: ContestService, make_job: 
 async def test_filter_is_checked_again(db: Database, clock: ManualClock, make_job: MakeJob) -> None:
     from bot.gate.content_filter import ContentFilter
 
-    async def guild_terms(guild_id: int) -> list[str]:
-        return ["dragon"]
-
-    service = ContestService(db, clock=clock, content_filter=ContentFilter(["forbidden"]), guild_terms=guild_terms)
+    await repository.add_blocked_terms(db, GUILD, ["dragon"])  # the server's own term counts too
+    service = ContestService(db, clock=clock, content_filter=ContentFilter(["forbidden"]))
     await _start(service)
     for prompt in ("a forbidden cat", "a dragon"):
         job = await make_job(ALICE, prompt=prompt)

@@ -11,12 +11,13 @@ import pytest
 from bot.discord.delivery import TOKEN_USABLE_FOR, token_issued_at, token_usable
 from bot.discord.formatting import job_embed, parameters_text
 from bot.storage.records import JobRecord
+from tests.helpers import job_record
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 
 
 def job(**changes) -> JobRecord:
-    base = JobRecord(
+    base = job_record(
         id=42, guild_id=1, channel_id=2, user_id=3, interaction_id=None, interaction_token="tok" * 20,
         application_id=99, message_id=None, prompt="a **bold** cat", negative_prompt="blurry", seed=7, steps=2,
         guidance=7.5, width=64, height=64, count=2, scheduler="euler_a", model="tiny", status="queued", error=None,

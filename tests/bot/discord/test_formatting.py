@@ -24,6 +24,7 @@ from bot.discord.formatting import (
 )
 from bot.gate.refusals import refusal_message
 from bot.text import MESSAGE_CONTENT_LIMIT, discord_timestamp, format_duration, format_size, truncate
+from tests.helpers import params
 
 # --- timestamps --------------------------------------------------------------------------------------------
 
@@ -115,17 +116,23 @@ def test_progress_message(step: int, total: int, position: int | None, expected:
 # --- result embed ----------------------------------------------------------------------------------------------
 
 def _embed(**overrides: object) -> discord.Embed:
-    kwargs: dict[str, object] = dict(
-        job_id="42", prompt="a cat in a hat", negative_prompt="", seeds=[1234], steps=25, guidance=7.5,
-        width=512, height=768, scheduler_label="Euler a", model="tiny", elapsed_seconds=12.34,
-        prompt_truncated=False, requester_mention="<@1>",
-    )
-    kwargs.update(overrides)
-    return result_embed(**kwargs)  # type: ignore[arg-type]
+    image = {"prompt": "a cat in a hat", "negative_prompt": "", "steps": 25, "guidance": 7.5, "width": 512,
+             "height": 768, "scheduler": "euler_a", "model": "tiny"}
+    kwargs: dict[str, object] = {"job_id": "42", "seeds": [1234], "elapsed_seconds": 12.34, "prompt_truncated": False,
+                                 "requester_mention": "<@1>"}
+    for key, value in overrides.items():
+        (image if key in image else kwargs)[key] = value
+    return result_embed(params=params(**image), **kwargs)  # type: ignore[arg-type]
 
 
 def _fields(embed: discord.Embed) -> dict[str, str]:
     return {str(f.name): str(f.value) for f in embed.fields}
+
+
+def test_result_embed_shows_img2img_style_and_upscale_only_when_used() -> None:
+    fields = _fields(result_embed("1", params(strength=0.35, upscale=2.0, style="watercolour"), [1], 3.0))
+    assert (fields["Strength"], fields["Upscale"], fields["Style"]) == ("0.35", "2×", "watercolour")
+    assert not {"Strength", "Upscale", "Style"} & set(_fields(_embed()))
 
 
 def test_result_embed_basic() -> None:

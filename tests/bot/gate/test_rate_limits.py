@@ -13,6 +13,7 @@ from bot.config import LimitOverride, RateLimitSettings
 from bot.gate.rate_limits import PENDING_SECONDS, Limits, RateLimited, RateLimiter, loosening
 from bot.storage import repository as repo
 from bot.storage.db import Database
+from tests.helpers import new_job
 
 G, U = 100, 200
 
@@ -42,7 +43,7 @@ def limiter(db: Database, clock: Clock, **settings: object) -> RateLimiter:
 
 
 async def _job(db: Database, user: int = U, guild: int | None = G, ledger: int | None = None) -> int:
-    job = await repo.create_job(db, guild_id=guild, channel_id=1, user_id=user, prompt="p", negative_prompt="",
+    job = await new_job(db, guild_id=guild, channel_id=1, user_id=user, prompt="p", negative_prompt="",
                                 seed=1, steps=1, guidance=1.0, width=8, height=8, count=1, scheduler="euler",
                                 model="tiny", ledger_entry_id=ledger)
     return job.id

@@ -19,7 +19,7 @@ from bot.storage.db import Database, upgrade_to_head
 from bot.storage.images import sweep_orphans
 from generation.engine import DiffusionEngine
 from generation.loading import load_pipeline
-from generation.request import GenerationRequest
+from generation.request import GenerationRequest, ImageParams
 from generation.settings import GenerationSettings
 from generation.worker import GenerationWorker
 
@@ -40,9 +40,10 @@ async def accept(db_path: Path, images_dir: Path, count: int) -> None:
     worker, model_name = build_worker()
     journal = JobJournal(db, worker, images_dir, model_name)
     for i in range(count):
-        request = GenerationRequest(prompt=f"a tiny picture number {i}", negative_prompt="blurry", seed=1000 + i,
-                                    steps=STEPS, guidance=7.5, width=64, height=64, count=2, scheduler="euler",
-                                    requester_id="42", model="")
+        params = ImageParams(prompt=f"a tiny picture number {i}", negative_prompt="blurry", seed=1000 + i,
+                             steps=STEPS, guidance=7.5, width=64, height=64, count=2, scheduler="euler",
+                             model=model_name)
+        request = GenerationRequest(params, requester_id="42")
         await journal.accept(request, guild_id=1, channel_id=2, user_id=42, interaction_id=100 + i,
                              interaction_token=f"token-{i}", application_id=3)
     print("JOURNALLED", flush=True)

@@ -31,13 +31,13 @@ from generation.worker import (
     JobCancelledError,
     QueueFullError,
 )
+from tests.helpers import eventually, new_job, params
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def request(prompt: str = "a cat", count: int = 2, seed: int = 7, requester: str = "30") -> GenerationRequest:
-    return GenerationRequest(prompt=prompt, negative_prompt="", seed=seed, steps=2, guidance=7.5, width=64,
-                             height=64, count=count, scheduler="euler", requester_id=requester, model="")
+    return GenerationRequest(params(prompt=prompt, seed=seed, count=count), requester_id=requester)
 
 
 ORIGIN: dict[str, Any] = dict(guild_id=10, channel_id=20, user_id=30, interaction_id=40, interaction_token="tok",
@@ -91,8 +91,8 @@ class FakeWorker:
     def finish(self, job_id: int) -> GenerationResult:
         handle = self.handles[str(job_id)]
         req = handle.request
-        images = [GeneratedImage(index=i, seed=req.seed + i, png=f"png {job_id} {i}".encode(), width=64, height=64)
-                  for i in range(req.count)]
+        images = [GeneratedImage(index=i, seed=req.params.seed + i, png=f"png {job_id} {i}".encode(), width=64,
+                                 height=64) for i in range(req.params.count)]
         result = GenerationResult(job_id=handle.job_id, request=req, images=images, model_name="fake",
                                   elapsed_seconds=0.1, prompt_truncated=True)
         handle._status = "done"
@@ -126,13 +126,6 @@ class Recorder:
         self.calls.append((job, images, outcome))
 
 
-async def eventually(check: Any, within: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.02)
-
-
 async def test_accept_journals_before_queueing_then_records_success(db: Database, worker: FakeWorker,
                                                                     tmp_path: Path) -> None:
     journal = JobJournal(db, worker, tmp_path / "images", "tiny")
@@ -140,7 +133,7 @@ async def test_accept_journals_before_queueing_then_records_success(db: Database
     journal.add_listener(recorder)
     job, handle = await journal.accept(request(), **ORIGIN)
     assert worker.status_at_submit == ["queued"]  # committed before the worker saw it
-    assert job.status == "queued" and job.model == "tiny" and handle is journal.handle_for(job.id)
+    assert job.status == "queued" and job.params.model == "tiny" and handle is journal.handle_for(job.id)
 
     worker.run(job.id)
 
@@ -184,7 +177,8 @@ async def test_cancelling_a_waiting_job_frees_the_members_slot_at_once(db: Datab
     """No wait for the follower: the job stops counting as queued, and its images are given back."""
     journal = JobJournal(db, worker, tmp_path / "images", "tiny")
     limiter = RateLimiter(db, RateLimitSettings(images_per_window=2, max_queued_per_user=1))
-    waiting, _ = await journal.accept(request(count=2), **ORIGIN, reservation=await limiter.reserve(10, 30, 2))
+    first = await limiter.reserve(10, 30, 2)
+    waiting, _ = await journal.accept(request(count=2), **ORIGIN, ledger_entry_id=first.entry_id)
     assert (await limiter.usage(10, 30)).queued == 1
     assert await journal.cancel(waiting.id)
     # Straight after /cancel answers (the follower has not recorded anything yet):
@@ -195,7 +189,7 @@ async def test_cancelling_a_waiting_job_frees_the_members_slot_at_once(db: Datab
     await journal.wait_idle()
     assert (await repo.get_job(db, waiting.id)).status == "cancelled"
     # A job cancelled while running keeps its grant (the images were being made).
-    running, _ = await journal.accept(request(count=2), **ORIGIN, reservation=again)
+    running, _ = await journal.accept(request(count=2), **ORIGIN, ledger_entry_id=again.entry_id)
     worker.run(running.id)
     await repo.mark_running(db, running.id)
     assert await journal.cancel(running.id)
@@ -209,10 +203,10 @@ async def test_queue_full_marks_refused_and_links_reservation(db: Database, tmp_
     journal = JobJournal(db, worker, tmp_path / "images", "tiny")
     limiter = RateLimiter(db, RateLimitSettings(images_per_window=100))
     first_reservation = await limiter.reserve(10, 30, 2)
-    first, _ = await journal.accept(request(), **ORIGIN, reservation=first_reservation)
+    first, _ = await journal.accept(request(), **ORIGIN, ledger_entry_id=first_reservation.entry_id)
     reservation = await limiter.reserve(10, 30, 2)
     with pytest.raises(QueueFullError):
-        await journal.accept(request(), **ORIGIN, reservation=reservation)
+        await journal.accept(request(), **ORIGIN, ledger_entry_id=reservation.entry_id)
     refused = (await repo.jobs_for_user(db, 10, 30, limit=1))[0]
     assert refused.status == "refused" and refused.error == "The queue is full."
     await limiter.release(reservation)
@@ -256,7 +250,7 @@ async def test_saving_failure_marks_failed(db: Database, worker: FakeWorker, tmp
 
 async def test_recover_requeues_in_original_order(db: Database, worker: FakeWorker, tmp_path: Path) -> None:
     journal = JobJournal(db, worker, tmp_path / "images", "tiny")
-    jobs = [await repo.create_job(db, **ORIGIN, prompt=f"p{i}", negative_prompt="n", seed=i, steps=2, guidance=7.5,
+    jobs = [await new_job(db, **ORIGIN, prompt=f"p{i}", negative_prompt="n", seed=i, steps=2, guidance=7.5,
                                   width=64, height=64, count=1, scheduler="euler", model="tiny") for i in range(4)]
     await repo.mark_running(db, jobs[1].id)
     await repo.mark_done(db, jobs[2].id)
@@ -277,7 +271,7 @@ async def test_recover_beyond_capacity_refuses_and_tells(db: Database, tmp_path:
     recorder = Recorder()
     journal.add_listener(recorder)
     for i in range(2):
-        await repo.create_job(db, **ORIGIN, prompt=f"p{i}", negative_prompt="", seed=i, steps=2, guidance=7.5,
+        await new_job(db, **ORIGIN, prompt=f"p{i}", negative_prompt="", seed=i, steps=2, guidance=7.5,
                               width=64, height=64, count=1, scheduler="euler", model="tiny")
     recovered = await journal.recover()
     assert len(recovered) == 1
@@ -303,14 +297,15 @@ class SolidEngine:
     model_name = "solid"
 
     def batch_key(self, req: GenerationRequest) -> tuple:
-        return (req.width, req.height)
+        return (req.params.width, req.params.height)
 
     def generate(self, requests: Sequence[GenerationRequest], *, on_step: Any = None,
                  should_stop: Any = None) -> list[list[Image.Image]]:
         for step in (1, 2):
             if on_step:
                 on_step(step, 2, None)
-        return [[Image.new("RGB", (r.width, r.height), ((r.seed + i) % 256, 0, 0)) for i in range(r.count)]
+        return [[Image.new("RGB", (r.params.width, r.params.height), ((r.params.seed + i) % 256, 0, 0))
+                 for i in range(r.params.count)]
                 for r in requests]
 
     def is_out_of_memory(self, exc: BaseException) -> bool:

@@ -208,7 +208,7 @@ async def test_login_ready_guild_and_command_sync(world: World) -> None:
     admin_role = next(r for r in guild.roles if r.name == "Admin")
     assert admin_role.permissions.administrator and admin_role.permissions.manage_guild
     assert server.identify_count == 1
-    await server._wait_until(lambda: bot.latency < 1, 5, "a heartbeat ACK")  # inf until the first ACK
+    await server.wait_until(lambda: bot.latency < 1, 5, "a heartbeat ACK")  # inf until the first ACK
 
     synced = {c["name"]: c for c in server.guild_commands[server.guild.id].values()}
     assert {"imagine", "contest", "slow", "later", "panel", "style"} <= set(synced)
@@ -343,7 +343,7 @@ async def test_gateway_drop_resumes_and_replays_missed_events(world: World) -> N
     bob = server.members["bob"]
     posted = await server.send_message(bob, server.general, "while you were away")
     await server.react(bob, posted, "👍")  # dispatched while disconnected: must be replayed after RESUME
-    await server._wait_until(lambda: server.resume_count, 10, "a RESUME")
+    await server.wait_until(lambda: server.resume_count, 10, "a RESUME")
     reply = await server.wait_for_message(lambda m: "👍" in m.content, timeout=5)
     assert str(posted.id) in reply.content
     assert server.identify_count == 1 and bot.record.resumed == 1
@@ -355,15 +355,15 @@ async def test_late_ack_and_expired_token(world: World) -> None:
     server, bot = world.server, world.bot
     server.ack_deadline_seconds = 0.2
     late = await server.send_command(server.admin, server.general, "slow", {"delay": 0.4})
-    await server._wait_until(lambda: late.late_callback, 5, "the late callback")
-    await server._wait_until(lambda: bot.record.errors, 5, "the bot's error")
+    await server.wait_until(lambda: late.late_callback, 5, "the late callback")
+    await server.wait_until(lambda: bot.record.errors, 5, "the bot's error")
     assert not late.acknowledged and server.ack_latency(late) is None
     assert isinstance(bot.record.errors[0], discord.NotFound) and bot.record.errors[0].code == 10062
 
     server.ack_deadline_seconds = 3.0
     server.token_ttl_seconds = 0.3
     expired = await server.send_command(server.admin, server.general, "later", {"delay": 0.5})
-    await server._wait_until(lambda: len(bot.record.errors) == 2, 5, "the expired-token error")
+    await server.wait_until(lambda: len(bot.record.errors) == 2, 5, "the expired-token error")
     assert expired.response_type == 5
     error = bot.record.errors[1]
     assert isinstance(error, discord.HTTPException) and error.status == 401 and error.code == 50027
@@ -412,6 +412,6 @@ async def test_rest_surface_parses_in_discord_py(world: World) -> None:
     await dm.send("hello in private")
     assert server.bot_messages(channel=dm.id)[0].content == "hello in private"
     assert server.drop_gateway(abort=False, code=4000) == 1  # a resumable close frame this time
-    await server._wait_until(lambda: server.resume_count and server.connected, 10, "a RESUME")
+    await server.wait_until(lambda: server.resume_count and server.connected, 10, "a RESUME")
     events = [e.type for e in server.events]
     assert {"message_create", "message_update", "message_delete", "reaction_add", "reaction_remove"} <= set(events)

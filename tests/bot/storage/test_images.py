@@ -7,16 +7,17 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
+from bot.clock import utcnow
 from bot.storage import repository as repo
 from bot.storage.cli import parse_age
 from bot.storage.db import Database
 from bot.storage.images import image_relpath, prune, read_image, save_image, sweep_orphans
 from bot.storage.models import Image
-from bot.timers.clock import utcnow
+from tests.helpers import new_job
 
 
 async def _job_with_image(db: Database, images_dir: Path, png: bytes = b"\x89PNG fake") -> tuple[int, int]:
-    job = await repo.create_job(db, guild_id=1, channel_id=2, user_id=3, prompt="p", negative_prompt="", seed=5,
+    job = await new_job(db, guild_id=1, channel_id=2, user_id=3, prompt="p", negative_prompt="", seed=5,
                                 steps=1, guidance=1.0, width=8, height=8, count=1, scheduler="euler", model="tiny")
     stored = await save_image(images_dir, job.id, 0, png)
     row = await repo.add_image(db, job.id, index=0, seed=5, path=stored.path, sha256=stored.sha256,

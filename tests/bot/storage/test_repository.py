@@ -8,6 +8,7 @@ import pytest
 from bot.storage import repository as repo
 from bot.storage.db import Database
 from bot.storage.records import ImageRecord, JobRecord
+from tests.helpers import new_job
 
 JOB = dict(guild_id=10, channel_id=20, user_id=30, prompt="a cat", negative_prompt="blur", seed=42, steps=4,
            guidance=7.5, width=64, height=64, count=2, scheduler="euler_a", model="tiny", interaction_id=40,
@@ -15,10 +16,10 @@ JOB = dict(guild_id=10, channel_id=20, user_id=30, prompt="a cat", negative_prom
 
 
 async def test_job_lifecycle_and_records(db: Database) -> None:
-    job = await repo.create_job(db, **JOB)
+    job = await new_job(db, **JOB)
     assert isinstance(job, JobRecord) and not any(
         hasattr(getattr(job, f.name), "_sa_instance_state") for f in dataclasses.fields(job))
-    assert job.status == "queued" and job.seed == 42 and job.queued_at.tzinfo is UTC
+    assert job.status == "queued" and job.params.seed == 42 and job.queued_at.tzinfo is UTC
     assert job.interaction_token == "tok" and job.worker_job_id == str(job.id)
     running = await repo.mark_running(db, job.id)
     assert running.status == "running" and running.started_at is not None
@@ -32,12 +33,12 @@ async def test_job_lifecycle_and_records(db: Database) -> None:
 
 
 async def test_failed_refused_cancelled_requeue(db: Database) -> None:
-    a = await repo.create_job(db, **JOB)
-    b = await repo.create_job(db, **JOB)
-    c = await repo.create_job(db, **JOB)
+    a = await new_job(db, **JOB)
+    b = await new_job(db, **JOB)
+    c = await new_job(db, **JOB)
     failed = await repo.mark_failed(db, a.id, "oom")
     assert failed.error == "oom" and failed.started_at is None  # never ran
-    quick = await repo.mark_done(db, (await repo.create_job(db, **JOB)).id)  # finished before "running" was seen
+    quick = await repo.mark_done(db, (await new_job(db, **JOB)).id)  # finished before "running" was seen
     assert quick.started_at == quick.finished_at
     assert (await repo.mark_refused(db, b.id, "queue full")).status == "refused"
     await repo.mark_running(db, c.id)
@@ -49,19 +50,19 @@ async def test_failed_refused_cancelled_requeue(db: Database) -> None:
 
 
 async def test_unfinished_jobs_in_original_order_and_user_history(db: Database) -> None:
-    jobs = [await repo.create_job(db, **{**JOB, "prompt": f"p{i}"}) for i in range(5)]
+    jobs = [await new_job(db, **{**JOB, "prompt": f"p{i}"}) for i in range(5)]
     await repo.mark_running(db, jobs[3].id)
     await repo.mark_done(db, jobs[1].id)
     assert [j.id for j in await repo.unfinished_jobs(db)] == [jobs[0].id, jobs[2].id, jobs[3].id, jobs[4].id]
     history = await repo.jobs_for_user(db, 10, 30, limit=3)
-    assert [j.prompt for j in history] == ["p4", "p3", "p2"]
+    assert [j.params.prompt for j in history] == ["p4", "p3", "p2"]
     assert await repo.jobs_for_user(db, 11, 30) == []
     assert await repo.count_active_jobs(db, 10, 30) == 4
 
 
 async def test_images_and_find_by_message(db: Database) -> None:
-    job = await repo.create_job(db, **JOB)
-    parent_rerun = await repo.create_job(db, **{**JOB, "parent_job_id": job.id})
+    job = await new_job(db, **JOB)
+    parent_rerun = await new_job(db, **{**JOB, "parent_job_id": job.id})
     assert parent_rerun.parent_job_id == job.id
     img = await repo.add_image(db, job.id, index=0, seed=42, path="0000/1-0.png", sha256="a" * 64, size_bytes=10,
                                width=64, height=64)
@@ -107,8 +108,8 @@ async def test_guild_settings(db: Database) -> None:
 
 async def test_members_and_stats(db: Database) -> None:
     assert await repo.member_stats(db, 30) is None
-    await repo.create_job(db, **JOB)
-    b = await repo.create_job(db, **{**JOB, "user_id": 31, "count": 1})
+    await new_job(db, **JOB)
+    b = await new_job(db, **{**JOB, "user_id": 31, "count": 1})
     stats = await repo.member_stats(db, 30)
     assert (stats.jobs, stats.images) == (1, 2) and stats.first_seen <= stats.last_seen
     touched = await repo.touch_member(db, 30)

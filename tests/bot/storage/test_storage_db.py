@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 
+from bot.clock import utcnow
 from bot.storage.db import Database, sqlite_file
 from bot.storage.models import Member
-from bot.timers.clock import utcnow
 
 
 async def test_sqlite_pragmas_on_every_connection_and_parent_dir_created(tmp_path: Path) -> None:

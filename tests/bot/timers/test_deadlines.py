@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-from bot.timers.clock import ManualClock
+from bot.clock import ManualClock
 from bot.timers.deadlines import Deadline, DeadlineScheduler
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -16,9 +16,9 @@ from bot.discord.client import ImagineTree, bot_intents, describe_check_failure
 from bot.discord.cogs.admin import admin_check, is_admin
 from bot.discord.cogs.jobs import history_lines, pick_job_to_cancel
 from bot.discord.replies import APOLOGY
-from bot.storage.records import JobRecord
+from tests.helpers import job_record
 
-JOB = JobRecord(
+JOB = job_record(
     id=42, guild_id=1, channel_id=2, user_id=3, interaction_id=None, interaction_token=None, application_id=None,
     message_id=None, prompt="a cat", negative_prompt="", seed=7, steps=2, guidance=7.5, width=64, height=64,
     count=1, scheduler="euler", model="tiny", status="done", error=None, parent_job_id=None,

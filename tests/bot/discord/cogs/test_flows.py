@@ -16,10 +16,10 @@ import pytest
 import pytest_asyncio
 
 from bot.bootstrap import RunningBot, start_bot
-from bot.config import settings_from_mapping
 from bot.discord import delivery as delivery_module
 from bot.localdiscord import LocalDiscordServer
 from bot.storage import repository
+from tests.helpers import local_bot_settings
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.asyncio(loop_scope="module")]
 
@@ -56,17 +56,10 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
     tmp: Path = tmp_path_factory.mktemp("flows")
     server = LocalDiscordServer(token="flows-token-0123456789abcdef")
     await server.start()
-    settings = settings_from_mapping({
-        "discord": {"token": server.token, "api_base_url": server.api_base_url,
-                    "gateway_url": server.gateway_url, "guild_ids": [server.guild.id],
-                    "progress_edit_seconds": 0.0},
-        "database": {"url": f"sqlite+aiosqlite:///{tmp / 'bot.db'}"},
-        "storage": {"images_dir": str(tmp / "images")},
-        "generation": {"model": "tiny", "device": "cpu", "default_steps": 3, "default_width": 64,
-                       "default_height": 64, "min_size": 64, "max_size": 256},
-        "rate_limits": {"images_per_window": 1000, "max_queued_per_user": 10},
-        "content_filter": {"blocked_terms": ["forbidden word"]},
-    }, environ={})
+    settings = local_bot_settings(
+        server, tmp, discord={"progress_edit_seconds": 0.0}, generation={"default_steps": 3, "max_steps": 50},
+        rate_limits={"images_per_window": 1000, "max_queued_per_user": 10},
+        content_filter={"blocked_terms": ["forbidden word"]})
     running = await start_bot(settings)
     try:
         yield World(server, running)
@@ -127,14 +120,14 @@ async def test_buttons_parameters_rerun_and_delete(world: World) -> None:
     second = await rerun.wait_for_response(timeout=60, predicate=is_result)
     child = await repository.get_job(world.db, _job_id(second))
     assert child.parent_job_id == job_id and child.user_id == world.member("carol").id
-    assert child.prompt == "a blue sphere" and child.seed != 5
+    assert child.params.prompt == "a blue sphere" and child.params.seed != 5
 
     denied = await world.server.press_button(world.member("carol"), result, f"imagine:delete:{job_id}")
     assert "Only the member" in (await world.ephemeral_answer(denied)).content
     assert not world.server.messages[result.id].deleted
     allowed = await world.server.press_button(world.member("alice"), result, f"imagine:delete:{job_id}")
     await allowed.wait_for_ack(timeout=3)
-    await world.server._wait_until(lambda: world.server.messages[result.id].deleted, 10, "deletion")
+    await world.server.wait_until(lambda: world.server.messages[result.id].deleted, 10, "deletion")
 
 
 async def test_reaction_rerun_is_a_channel_message_with_mention(world: World) -> None:
@@ -145,9 +138,9 @@ async def test_reaction_rerun_is_a_channel_message_with_mention(world: World) ->
     rerun = await world.server.wait_for_message(
         lambda m: is_result(m) and m.interaction_id is None and f"<@{carol.id}>" in m.content, timeout=60)
     child = await repository.get_job(world.db, _job_id(rerun))
-    assert child.parent_job_id == parent and child.interaction_token is None and child.seed != 9
+    assert child.parent_job_id == parent and child.interaction_token is None and child.params.seed != 9
     # The short "queued" note was removed once the result mentioned the member.
-    await world.server._wait_until(
+    await world.server.wait_until(
         lambda: not [m for m in world.server.bot_messages() if "rerun of job" in m.content], 10, "note removal")
 
 
@@ -163,7 +156,7 @@ async def test_reaction_refusal_is_short_lived(world: World, monkeypatch: pytest
         refusal = await world.server.wait_for_message(
             lambda m: f"<@{carol.id}>" in m.content and "refused" in m.content, timeout=20)
         assert "orange" not in refusal.content
-        await world.server._wait_until(lambda: world.server.messages[refusal.id].deleted, 10, "refusal removal")
+        await world.server.wait_until(lambda: world.server.messages[refusal.id].deleted, 10, "refusal removal")
     finally:
         await repository.remove_blocked_terms(world.db, world.server.guild.id, ["orange"])
 
@@ -194,10 +187,27 @@ async def test_admin_commands_need_manage_server(world: World) -> None:
     assert "Images:" in (await world.ephemeral_answer(stats)).content
 
 
+async def test_server_switches_the_shipped_content_rules(world: World) -> None:
+    alice, bob, general = world.member("alice"), world.member("bob"), world.server.general
+    try:
+        refused = await world.server.send_command(bob, general, "imagine", {"prompt": "a sexy ch1ld"})
+        assert "refused" in (await world.ephemeral_answer(refused)).content
+        off = await world.server.send_command(alice, general, "settings rules", {"apply": "off"})
+        assert "**off**" in (await world.ephemeral_answer(off)).content
+        shown = await world.server.send_command(alice, general, "settings show", {})
+        assert "Shipped content rules: **off**" in (await world.ephemeral_answer(shown)).content
+        allowed = await world.server.send_command(bob, general, "imagine", {"prompt": "a sexy ch1ld"})
+        assert "refused" not in (await world.ephemeral_answer(allowed)).content
+    finally:
+        back = await world.server.send_command(alice, general, "settings rules", {"apply": "default"})
+        assert "the bot's default" in (await world.ephemeral_answer(back)).content
+
+
 async def test_history_job_queue_cancel(world: World) -> None:
+    await world.imagine("bob", {"prompt": "a green cone", "seed": 12})  # its own job: no other test needed first
     history = await world.server.send_command(world.member("bob"), world.server.general, "history", {})
     text = (await world.ephemeral_answer(history)).content
-    assert "a red cube" in text
+    assert "a green cone" in text
     job_id = int(text.split("`")[1])
     shown = await world.server.send_command(world.member("bob"), world.server.general, "job", {"job_id": job_id})
     message = await world.ephemeral_answer(shown)

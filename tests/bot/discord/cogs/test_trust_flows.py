@@ -20,15 +20,16 @@ import pytest_asyncio
 from sqlalchemy import update
 
 from bot.bootstrap import RunningBot, build_services, start_bot
+from bot.clock import utcnow
 from bot.config import settings_from_mapping
 from bot.localdiscord import LocalDiscordServer
-from bot.localdiscord.models import EVERYONE_PERMISSIONS, MANAGE_MESSAGES
+from bot.localdiscord.permissions import EVERYONE_PERMISSIONS, MANAGE_MESSAGES
 from bot.storage import repository
 from bot.storage.images import prune
 from bot.storage.models import Job
-from bot.timers.clock import utcnow
 from generation.engine import DiffusionEngine
 from generation.loading import load_pipeline
+from tests.helpers import new_job
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.asyncio(loop_scope="module")]
 
@@ -209,7 +210,7 @@ async def test_cancel_frees_the_members_slot_at_once(world: World) -> None:
     finally:
         await world.release()
     await third.wait_for_response(timeout=WAIT, predicate=is_result)
-    jobs = {job.prompt: job for job in await repository.jobs_for_user(world.db, world.server.guild.id,
+    jobs = {job.params.prompt: job for job in await repository.jobs_for_user(world.db, world.server.guild.id,
                                                                       world.member("carol").id, limit=50)}
     assert jobs["carol first"].status == "cancelled" and jobs["carol third"].status == "done"
     assert "carol second" not in jobs
@@ -280,9 +281,8 @@ async def test_commands_from_direct_messages_are_refused_with_one_sentence(world
     user = await world.running.bot.fetch_user(bob.id)
     dm = world.server.channels[(await user.create_dm()).id]
     # A job of someone else's that has no server either (made by an older version, say).
-    other = await repository.create_job(world.db, guild_id=None, channel_id=dm.id, user_id=carol.id,
-                                        prompt="carol's private dm prompt", negative_prompt="", seed=1, steps=1,
-                                        guidance=1.0, width=64, height=64, count=1, scheduler="euler", model="tiny")
+    other = await new_job(world.db, guild_id=None, channel_id=dm.id, user_id=carol.id,
+                          prompt="carol's private dm prompt")
     await repository.mark_failed(world.db, other.id, "old")
     before = await repository.jobs_for_user(world.db, None, bob.id)
     # Discord's client may not honour guild_only; the bot must refuse at run time all the same.
@@ -303,10 +303,8 @@ async def test_interaction_tokens_older_than_15_minutes_are_forgotten(world: Wor
     assert jobs_cog.forget_expired_tokens.is_running()
 
     async def job_with_token(token: str) -> int:
-        job = await repository.create_job(world.db, guild_id=999, channel_id=1, user_id=2, prompt="p",
-                                          negative_prompt="", seed=1, steps=1, guidance=1.0, width=64, height=64,
-                                          count=1, scheduler="euler", model="tiny", interaction_token=token,
-                                          application_id=3)
+        job = await new_job(world.db, guild_id=999, channel_id=1, user_id=2, interaction_token=token,
+                            application_id=3)
         await repository.mark_failed(world.db, job.id, "made by the test")
         return job.id
 

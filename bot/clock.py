@@ -1,4 +1,4 @@
-"""The clock contests run on: real time in production, a hand-driven one in tests.
+"""The bot's one clock: UTC helpers, and real time in production or a hand-driven clock in tests.
 
 Deadlines are hours or days away, so tests cannot sleep through them; everything that reads the time or waits
 for it goes through a :class:`Clock`, and :class:`ManualClock` lets a test jump to a deadline instantly.

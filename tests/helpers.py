@@ -1,0 +1,106 @@
+"""What many tests share: small image parameters, journalled jobs, and waiting for a condition.
+
+Import as ``from tests.helpers import ...`` (pytest puts the repository root on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from bot.config import Settings, settings_from_mapping
+from bot.storage import repository
+from bot.storage.db import Database
+from bot.storage.records import JobRecord
+from generation.request import ImageParams
+
+REPO = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+
+PARAM_FIELDS = frozenset(f.name for f in dataclasses.fields(ImageParams))
+SMALL = {"prompt": "a cat", "negative_prompt": "", "seed": 7, "steps": 2, "guidance": 7.5, "width": 64,
+         "height": 64, "count": 1, "scheduler": "euler", "model": "tiny"}
+
+
+def params(**changes: Any) -> ImageParams:
+    """Small, valid image parameters (64x64, 2 steps, tiny) with ``changes`` applied."""
+    return ImageParams(**{**SMALL, **changes})
+
+
+def _split(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    image = {k: v for k, v in values.items() if k in PARAM_FIELDS}
+    return image, {k: v for k, v in values.items() if k not in PARAM_FIELDS}
+
+
+def job_record(**changes: Any) -> JobRecord:
+    """A JobRecord as the repository returns one; image parameters may be given by their field names."""
+    image, rest = _split(changes)
+    base: dict[str, Any] = {
+        "id": 42, "guild_id": 1, "channel_id": 2, "user_id": 3, "interaction_id": None, "interaction_token": None,
+        "application_id": None, "message_id": None, "status": "done", "error": None, "parent_job_id": None,
+        "queued_at": datetime(2026, 1, 1, tzinfo=UTC), "started_at": None, "finished_at": None,
+    }
+    return JobRecord(params=rest.pop("params", None) or params(**image), **{**base, **rest})
+
+
+async def new_job(db: Database, **changes: Any) -> JobRecord:
+    """Journal a job through the real repository; image parameters may be given by their field names."""
+    image, rest = _split(changes)
+    rest.setdefault("guild_id", 1)
+    rest.setdefault("channel_id", 2)
+    rest.setdefault("user_id", 3)
+    return await repository.create_job(db, params=rest.pop("params", None) or params(**image), **rest)
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in, section by section."""
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def local_bot_config(server: Any, data_dir: Path, **sections: dict[str, Any]) -> dict[str, Any]:
+    """The config mapping of a real bot on the local Discord server ``server`` with the tiny model, its database
+    and images under ``data_dir``; ``sections`` are merged in (``rate_limits={"images_per_window": 2}``)."""
+    base: dict[str, Any] = {
+        "discord": {"token": server.token, "api_base_url": server.api_base_url, "gateway_url": server.gateway_url,
+                    "guild_ids": [server.guild.id], "progress_edit_seconds": 0.2},
+        "database": {"url": f"sqlite+aiosqlite:///{data_dir / 'imagine.db'}"},
+        "storage": {"images_dir": str(data_dir / "images")},
+        "generation": {"model": "tiny", "device": "cpu", "dtype": "fp32", "default_steps": 2, "max_steps": 30,
+                       "default_width": 64, "default_height": 64, "min_size": 64, "max_size": 256,
+                       "previews": False},
+    }
+    return merge(base, sections)
+
+
+def local_bot_settings(server: Any, data_dir: Path, **sections: dict[str, Any]) -> Settings:
+    """:func:`local_bot_config` as validated settings (no environment variables read)."""
+    return settings_from_mapping(local_bot_config(server, data_dir, **sections), environ={})
+
+
+async def eventually(check: Callable[[], T | Awaitable[T]], what: str = "the condition",
+                     timeout: float = 10.0, interval: float = 0.02) -> T:  # noqa: ASYNC109
+    """Poll ``check`` (sync or async) until it returns something truthy; fail with ``what`` after ``timeout``.
+
+    Tests wait for events this way instead of sleeping a fixed time, so they pass on slow machines too.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value) or isinstance(value, Awaitable):
+            value = await value
+        if value:
+            return value  # type: ignore[return-value]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(interval)
