@@ -257,13 +257,19 @@ def _sizes(settings: GenerationSettings, width: object, height: object, init_ima
 
 def _loras(style_name: str, style: StyleSettings | None,
            loras: Sequence[Sequence[Any]] | None) -> tuple[tuple[str, float], ...]:
+    """The style's (adapter name, weight) pairs; ``loras`` given too must say the same (they come from the style)."""
     resolved = tuple((lora.name, float(lora.weight)) for lora in style.loras) if style else ()
-    if loras is not None:
-        given = tuple((str(pair[0]), float(pair[1])) for pair in loras)
-        if given != resolved:
-            what = f"style {style_name}'s" if style else "no style's"
-            raise RequestError(f"loras come from the style; they must be {what} ({list(resolved)}), "
-                               f"not {list(given)}.")
+    if loras is None:
+        return resolved
+    try:
+        given = tuple((str(name), float(weight)) for name, weight in loras)
+    except (TypeError, ValueError):
+        raise RequestError(f"loras must be [name, weight] pairs (got {loras}).") from None
+    if given != resolved:
+        if style is None:
+            raise RequestError(f"loras come from a style; choose a style instead (got {list(given)}).")
+        raise RequestError(f"loras come from the style; style {style_name} has {list(resolved)}, "
+                           f"not {list(given)}.")
     return resolved
 
 

@@ -526,7 +526,7 @@ class GenerationWorker:
             model_name = str(self.engine.model_label(params) or "unknown")
         except Exception:
             log.exception("engine.model_label failed")
-            model_name = params.model or "unknown"
+            model_name = params.model or str(getattr(self.engine, "model_name", "") or "unknown")
         generated = []
         for index, image in enumerate(images):
             seed = params.seed + index

@@ -9,6 +9,7 @@ import logging
 import pytest
 
 from bot.logging_setup import REDACTED, RedactingFilter, setup_logging
+from tests.helpers import new_job
 
 TOKEN = "MTA5ODc2NTQzMjEwOTg3NjU0.Gx1y2z.abcdefghijklmnopqrstuvwxyz0123"
 
@@ -69,7 +70,6 @@ INTERACTION_TOKEN = "aW50ZXJhY3Rpb246MTIzNDU2Nzg5MDEyMzQ1Njc4OTpzZWNyZXQtcGFydC0
 async def test_interaction_tokens_in_aiosqlite_debug_lines_are_redacted(capture: io.StringIO, tmp_path) -> None:
     """aiosqlite logs every statement with its parameters at DEBUG: the journalled job's token among them."""
     from bot.storage.db import Database
-    from tests.helpers import new_job
 
     setup_logging("DEBUG", secrets=[TOKEN], stream=capture)
     db = Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'log.db'}")

@@ -287,8 +287,10 @@ NEW_REFUSALS = [
      "an upscale must be at most 65536 pixels (got 512x256 = 131072)."),
     ({"init_image": b"just some text"}, "the image could not be read; send a PNG, JPEG or WebP file."),
     ({"init_image": png_bytes(fmt="GIF", mode="P")}, "the image must be a PNG, JPEG or WebP file (got GIF)."),
-    ({"loras": [["film-look", 0.8]]}, "loras come from the style"),
-    ({"style": "film", "loras": [["film-look", 1.0]]}, "loras come from the style"),
+    ({"loras": [["film-look", 0.8]]}, "loras come from a style; choose a style instead (got [('film-look', 0.8)])."),
+    ({"style": "film", "loras": [["film-look", 1.0]]},
+     "loras come from the style; style film has [('film-look', 0.8)], not [('film-look', 1.0)]."),
+    ({"style": "film", "loras": [["film-look"]]}, "loras must be [name, weight] pairs (got [['film-look']])."),
     ({"parent_seed": -1}, "parent seed must be a whole number between 0 and 4294967295 (got -1)."),
     ({"guidance": True}, "guidance must be a number between 0 and 30 (got True)."),
 ]

@@ -559,6 +559,25 @@ async def test_tiny_progress_reports_every_step(tiny_engine) -> None:
     assert result.images[0].width == 64 and result.images[0].height == 64
 
 
+async def test_estimates_count_the_steps_img2img_really_runs(engine: FakeEngine) -> None:
+    worker = GenerationWorker(engine, queue_size=8, max_batch_size=1)
+    await worker.start()
+    try:
+        await worker.submit(req("warm-up", steps=4))
+        engine.gate = threading.Event()
+        running = worker.submit(req("running", "a", steps=4))
+        await wait_thread_event(engine.started(1))
+        txt2img = worker.submit(req("t", "b", steps=8))
+        img2img = worker.submit(req("i", "c", steps=8, strength=0.5))  # runs int(8 * 0.5) = 4 steps
+        ahead, t_done, i_done = (worker.estimate_seconds(h.job_id) for h in (running, txt2img, img2img))
+        assert ahead is not None and t_done is not None and i_done is not None
+        assert (i_done - t_done) == pytest.approx((t_done - ahead) / 2)
+        engine.gate.set()
+        await asyncio.gather(running, txt2img, img2img)
+    finally:
+        await worker.close()
+
+
 async def test_a_request_that_makes_the_engine_raise_fails_alone(engine: FakeEngine) -> None:
     """Not out of memory: the batch is bisected all the same, so the members batched with it get their images."""
     engine.gate = threading.Event()
@@ -580,22 +599,3 @@ async def test_a_request_that_makes_the_engine_raise_fails_alone(engine: FakeEng
     # One call for the batch, then halves until "bad" is alone; the good half runs once.
     assert engine.calls == [["z"], ["a", "bad", "c", "d"], ["a", "bad"], ["a"], ["bad"], ["c", "d"]]
     assert engine.freed == 0  # not out of memory: nothing to free
-
-
-async def test_estimates_count_the_steps_img2img_really_runs(engine: FakeEngine) -> None:
-    worker = GenerationWorker(engine, queue_size=8, max_batch_size=1)
-    await worker.start()
-    try:
-        await worker.submit(req("warm-up", steps=4))
-        engine.gate = threading.Event()
-        running = worker.submit(req("running", "a", steps=4))
-        await wait_thread_event(engine.started(1))
-        txt2img = worker.submit(req("t", "b", steps=8))
-        img2img = worker.submit(req("i", "c", steps=8, strength=0.5))  # runs int(8 * 0.5) = 4 steps
-        ahead, t_done, i_done = (worker.estimate_seconds(h.job_id) for h in (running, txt2img, img2img))
-        assert ahead is not None and t_done is not None and i_done is not None
-        assert (i_done - t_done) == pytest.approx((t_done - ahead) / 2)
-        engine.gate.set()
-        await asyncio.gather(running, txt2img, img2img)
-    finally:
-        await worker.close()

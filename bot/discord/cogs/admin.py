@@ -46,9 +46,6 @@ def settings_summary(record: GuildSettingsRecord, settings: Any, host: Limits) -
     cf = settings.content_filter
     effective = tighten(host, record)
 
-    def choice(value: object, default: object) -> str:
-        return f"**{value}**" if value is not None else f"{default} (config default)"
-
     def show(own: int | None, value: int, allowed: int) -> str:
         if own is None:
             return f"{value} (the bot's default)"
@@ -56,11 +53,11 @@ def settings_summary(record: GuildSettingsRecord, settings: Any, host: Limits) -
 
     lines = [
         f"Blocked terms: **{len(record.blocked_terms)}** (`/settings blocked list` shows them)",
-        "Shipped content rules: " + choice(None if record.default_filter_rules is None
-                                           else ("on" if record.default_filter_rules else "off"),
-                                           "on" if cf.default_rules else "off"),
-        f"NSFW policy override: {choice(record.nsfw_policy, 'none')} — config: {cf.nsfw_policy} "
-        f"(NSFW channels: {cf.nsfw_channel_policy})",
+        "Shipped content rules: " + (f"**{'on' if record.default_filter_rules else 'off'}**"
+                                     if record.default_filter_rules is not None
+                                     else f"{'on' if cf.default_rules else 'off'} (config default)"),
+        f"NSFW policy override: {f'**{record.nsfw_policy}**' if record.nsfw_policy else 'none'} — "
+        f"config: {cf.nsfw_policy} (NSFW channels: {cf.nsfw_channel_policy})",
         f"Images per window: {show(record.images_per_window, effective.images_per_window, host.images_per_window)}",
         f"Window (seconds): {show(record.window_seconds, effective.window_seconds, host.window_seconds)}",
         "Jobs waiting per member: "
