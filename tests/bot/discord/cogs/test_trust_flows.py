@@ -282,8 +282,7 @@ async def test_commands_from_direct_messages_are_refused_with_one_sentence(world
     dm = world.server.channels[(await user.create_dm()).id]
     # A job of someone else's that has no server either (made by an older version, say).
     other = await new_job(world.db, guild_id=None, channel_id=dm.id, user_id=carol.id,
-                                        prompt="carol's private dm prompt", negative_prompt="", seed=1, steps=1,
-                                        guidance=1.0, width=64, height=64, count=1, scheduler="euler", model="tiny")
+                          prompt="carol's private dm prompt")
     await repository.mark_failed(world.db, other.id, "old")
     before = await repository.jobs_for_user(world.db, None, bob.id)
     # Discord's client may not honour guild_only; the bot must refuse at run time all the same.
@@ -304,10 +303,8 @@ async def test_interaction_tokens_older_than_15_minutes_are_forgotten(world: Wor
     assert jobs_cog.forget_expired_tokens.is_running()
 
     async def job_with_token(token: str) -> int:
-        job = await new_job(world.db, guild_id=999, channel_id=1, user_id=2, prompt="p",
-                                          negative_prompt="", seed=1, steps=1, guidance=1.0, width=64, height=64,
-                                          count=1, scheduler="euler", model="tiny", interaction_token=token,
-                                          application_id=3)
+        job = await new_job(world.db, guild_id=999, channel_id=1, user_id=2, interaction_token=token,
+                            application_id=3)
         await repository.mark_failed(world.db, job.id, "made by the test")
         return job.id
 
