@@ -253,6 +253,7 @@ async def prune(db: Database, images_dir: Path, older_than: timedelta) -> PruneR
     inputs = await repository.stale_input_paths(db, f"{INPUTS_DIR}/", older_than=utcnow() - older_than)
 
     def delete_inputs() -> None:
+        emptied: set[Path] = set()
         for relpath in inputs:
             path = resolve(images_dir, relpath)
             try:
@@ -260,9 +261,10 @@ async def prune(db: Database, images_dir: Path, older_than: timedelta) -> PruneR
                 path.unlink()
             except FileNotFoundError:
                 continue
+            emptied.add(path.parent)
             report.files_deleted += 1
             report.bytes_freed += size
-        _remove_empty_dirs(images_dir)
+        _remove_empty_dirs(images_dir, emptied)  # only the folders this emptied: the rest is never walked
 
     await asyncio.to_thread(delete_inputs)
     return report

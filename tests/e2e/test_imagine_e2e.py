@@ -17,6 +17,7 @@ from e2e_support import E2E, PNG_MAGIC, BotFactory, eventually, is_result_for, p
 
 from bot.bootstrap import RunningBot
 from bot.localdiscord import LocalDiscordServer, Message
+from bot.localdiscord.permissions import MANAGE_MESSAGES
 from bot.storage import repository
 from generation.png import parse_parameters, read_parameters
 
@@ -86,6 +87,9 @@ async def test_imagine_posts_png_with_recipe_embed_buttons_and_journal(
 async def test_rerun_reaction_makes_child_job_with_new_seed(
         discord_server: LocalDiscordServer, bot: RunningBot, e2e: E2E) -> None:
     server = discord_server
+    # An admin who wants the 🔄 taken off again gives the bot Manage Messages (the invite does not ask for it;
+    # without it the reaction stays: tests/e2e/test_exactly_once_e2e.py).
+    server.grant_permission(MANAGE_MESSAGES)
     bob = server.members["bob"]
     _, first = await e2e.imagine(bob, "a red fox in the snow", seed=77)
     parent = await e2e.job_of(bot, first)

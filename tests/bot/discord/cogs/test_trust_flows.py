@@ -105,7 +105,8 @@ def accepted(message: Any) -> bool:
 
 
 def job_id_of(message: Any) -> int:
-    return int(message.custom_ids()[0].rsplit(":", 1)[1])
+    """The job id of a result, from its ℹ Parameters button (``imagine:params:<job id>``)."""
+    return int(next(c for c in message.custom_ids() if c.startswith("imagine:params:")).rsplit(":", 1)[1])
 
 
 async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
