@@ -290,16 +290,18 @@ async def mark_done_fenced(db: Database, job_id: int, *, attempt: int, worker_id
     now = utcnow()
     placed = {"attempt": attempt, "worker_id": worker_id} if worker_id else {}
     async with db.session(write=True) as session:
-        result = await session.execute(
-            update(Job).where(Job.id == job_id, Job.status.in_(_ALLOWED_FROM["done"]), Job.attempt <= attempt)
+        job = await session.get(Job, job_id, with_for_update=True)  # the old status, read under the row lock
+        if job is None or job.status not in _ALLOWED_FROM["done"] or job.attempt > attempt:
+            return None
+        old = job.status
+        await session.execute(
+            update(Job).where(Job.id == job_id)
             .values(status="done", finished_at=now, started_at=_started_by(now), error=None,
                     prompt_truncated=prompt_truncated, **placed)
             .execution_options(synchronize_session=False)
         )
-        if not result.rowcount:
-            return None
-        job = await session.get(Job, job_id)
-        assert job is not None
+        await _count_statuses(session, job.guild_id, {old: -1, "done": 1})  # /stats counts move with it
+        await session.refresh(job)
         return _job(job)
 
 
@@ -324,14 +326,16 @@ async def cancel_unstarted(db: Database, job_id: int) -> JobRecord:
     from bot.storage.models import RateLimitEntry
 
     async with db.session(write=True) as session:
-        await session.execute(
-            update(Job).where(Job.id == job_id, Job.status == "queued")
-            .values(status="cancelled", finished_at=utcnow())
-            .execution_options(synchronize_session=False)
-        )
-        job = await session.get(Job, job_id)
+        job = await session.get(Job, job_id, with_for_update=True)
         if job is None:
             raise LookupError(f"no job {job_id}")
+        if job.status == "queued":
+            await session.execute(
+                update(Job).where(Job.id == job_id).values(status="cancelled", finished_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+            await _count_statuses(session, job.guild_id, {"queued": -1, "cancelled": 1})
+            await session.refresh(job)
         if job.status == "cancelled" and job.started_at is None:
             await session.execute(delete(RateLimitEntry).where(RateLimitEntry.job_id == job_id))
         return _job(job)
