@@ -279,7 +279,7 @@ async def test_disk_filling_mid_job_gives_the_member_one_clear_sentence_and_the_
 
             async def journalled() -> Any:
                 jobs = await repository.jobs_for_user(running.services.db, server.guild.id, bob.id)
-                return next((job for job in jobs if job.prompt == "does not fit"), None)
+                return next((job for job in jobs if job.params.prompt == "does not fit"), None)
 
             job = await eventually(journalled, "the job journalled")
             filler = fill_up(disk)  # images and database alike: even the error handler's write fails

@@ -244,7 +244,7 @@ async def test_cancel_reaches_a_job_running_on_a_worker(remote: tuple[RunningBot
     after = await server.send_command(member, server.general, "imagine", {"prompt": "this one please"})
     await after.wait_for_ack(timeout=10)
     result = await server.wait_for_message(is_result_for(member), timeout=JOB_WAIT, include_existing=True)
-    assert (await E2E.job_of(running, result)).prompt == "this one please"
+    assert (await E2E.job_of(running, result)).params.prompt == "this one please"
     assert len(await results_of(server, member)) == 1  # no image for the cancelled job
 
 
@@ -273,7 +273,7 @@ async def test_redis_restart_with_jobs_queued(remote: tuple[RunningBot, Workers]
 
 async def job_with_prompt(running: RunningBot, server: LocalDiscordServer, member: Member, prompt: str) -> int | None:
     jobs = await repository.jobs_for_user(running.services.db, server.guild.id, member.id)
-    return next((job.id for job in jobs if job.prompt == prompt), None)
+    return next((job.id for job in jobs if job.params.prompt == prompt), None)
 
 
 async def any_claimed(running: RunningBot, job_ids: list[int]) -> bool:
