@@ -199,9 +199,11 @@ async def test_sigkill_with_queued_jobs_then_restart_delivers_every_job(
         def all_done() -> bool:
             statuses = _statuses(db_path)
             assert not set(statuses.values()) - {"queued", "running", "done"}, statuses
-            return len(statuses) == len(requests) and set(statuses.values()) == {"done"}
+            # "done" is recorded before the posted message's id: wait for the ids too, not only the status.
+            return (len(statuses) == len(requests) and set(statuses.values()) == {"done"}
+                    and all(job["message_id"] is not None for job in _jobs(db_path)))
 
-        await eventually(all_done, "every job done after the restart", timeout=120, interval=0.2)
+        await eventually(all_done, "every job done and posted after the restart", timeout=120, interval=0.2)
         jobs = _jobs(db_path)
         by_seed = {options["seed"]: (member, options, interaction)
                    for (member, options), interaction in zip(requests, interactions, strict=True)}
