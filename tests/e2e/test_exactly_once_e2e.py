@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import sqlite3
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +33,7 @@ from bot.journal.job_journal import DISK_FULL_MESSAGE
 from bot.localdiscord import LocalDiscordServer
 from bot.localdiscord.permissions import ATTACH_FILES
 from bot.storage import repository
+from tests.helpers import fill_up, small_tmpfs
 
 pytestmark = [pytest.mark.e2e]
 
@@ -237,31 +236,6 @@ async def test_followup_route_failing_every_time_falls_back_to_one_channel_messa
 # --- the bot's own failure: the disk fills up -----------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
-    """A real, small file system (needs the right to mount: root or CAP_SYS_ADMIN; skipped otherwise)."""
-    path.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                             capture_output=True, text=True, check=False)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill_up(directory: Path) -> Path:
-    """Write a file until the file system says ENOSPC; removing it gives the space back."""
-    filler = directory / "filler"
-    with filler.open("wb") as handle:
-        try:
-            while True:
-                handle.write(b"\0" * 65536)
-                handle.flush()
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC, exc
-    return filler
 
 
 @pytest.mark.timeout(120)

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import hashlib
 import os
 import sqlite3
-import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -39,7 +37,7 @@ from generation.worker import (
     JobCancelledError,
     QueueFullError,
 )
-from tests.helpers import eventually, new_job, params
+from tests.helpers import eventually, fill_up, new_job, params, small_tmpfs
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -380,31 +378,6 @@ async def test_with_the_real_worker(db: Database, tmp_path: Path) -> None:
         assert [i.sha256 for i in images] == [hashlib.sha256(g.png).hexdigest() for g in result.images]
 
 
-@contextlib.contextmanager
-def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
-    """A real, small file system (needs the right to mount: root or CAP_SYS_ADMIN; skipped otherwise)."""
-    path.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                             capture_output=True, text=True, check=False)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill_up(directory: Path) -> Path:
-    """Write a file until the file system says ENOSPC; removing it gives the space back."""
-    filler = directory / "filler"
-    with filler.open("wb") as handle:
-        try:
-            while True:
-                handle.write(b"\0" * 65536)
-                handle.flush()
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC, exc
-    return filler
 
 
 def job_status(db_path: Path, job_id: int) -> str:
