@@ -11,9 +11,9 @@ import asyncio
 import contextlib
 import hashlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event, func, select, text
 from sqlalchemy.engine import Connection, make_url
@@ -25,6 +25,7 @@ BUSY_TIMEOUT_MS = 30_000
 _IMMEDIATE = "imagine_immediate"
 PRIVATE_FILE = 0o600
 PRIVATE_FOLDER = 0o700
+T = TypeVar("T")
 
 
 def is_sqlite(url: str) -> bool:
@@ -72,6 +73,22 @@ def _install_sqlite_hooks(engine: AsyncEngine, busy_timeout_ms: int) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+async def run_to_completion(step: Awaitable[T]) -> T:
+    """Finish ``step`` (a commit or a rollback) even when the caller is cancelled meanwhile, then pass the
+    cancellation on. Cut off half-way, the step leaves its pooled connection in the middle of being reset, which
+    SQLAlchemy logs as an error with a traceback (a stop that lands during a commit must not look like a crash)."""
+    task = asyncio.ensure_future(step)
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+    if cancelled is not None:
+        raise cancelled
+    return task.result()
+
+
 class Database:
     """One engine plus a session factory; the only way the rest of the bot reaches the database."""
 
@@ -111,11 +128,16 @@ class Database:
             if write and self._write_turn is not None:
                 await stack.enter_async_context(self._write_turn)
             session = await stack.enter_async_context(self._sessions())
-            await stack.enter_async_context(session.begin())
-            if write and self.is_sqlite:
-                # Procured before any statement, so the BEGIN of this transaction sees the option.
-                await session.connection(execution_options={_IMMEDIATE: True})
-            yield session
+            await session.begin()
+            try:
+                if write and self.is_sqlite:
+                    # Procured before any statement, so the BEGIN of this transaction sees the option.
+                    await session.connection(execution_options={_IMMEDIATE: True})
+                yield session
+            except BaseException:
+                await run_to_completion(session.rollback())
+                raise
+            await run_to_completion(session.commit())
 
     async def hold_lock(self, session: AsyncSession, *key: object) -> None:
         """Wait for, and hold until ``session``'s transaction ends, a lock named by ``key`` in every process.

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 
 from bot.clock import utcnow
 from bot.storage import repository as repo
@@ -50,6 +51,38 @@ async def test_session_commits_or_rolls_back(db: Database) -> None:
     async with db.session() as s:
         ids = list(await s.scalars(select(Member.user_id)))
     assert ids == [2]
+
+
+@pytest.mark.parametrize("moment", ["reset", "before_cursor_execute"])
+async def test_a_task_cancelled_mid_transaction_leaves_a_clean_pool(db: Database, moment: str,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A stop (task.cancel()) that lands while the pool resets the connection a commit gave back, or while a
+    statement runs: the commit or the rollback still finishes, the caller sees the cancellation, and SQLAlchemy logs no "Exception during reset" traceback
+    (an admin pressing Ctrl-C saw one in the playground's log)."""
+    now = utcnow()
+    caller: asyncio.Task[None] | None = None
+
+    def cancel_the_caller(*_: object) -> None:
+        if caller is not None and not caller.cancelling():
+            caller.cancel()
+
+    async def write() -> None:
+        async with db.session(write=True) as s:
+            s.add(Member(user_id=7, first_seen=now, last_seen=now, total_jobs=0, total_images=0))
+            await s.flush()  # a statement inside the body: "before_cursor_execute" cancels before the commit
+
+    event.listen(db.engine.sync_engine, moment, cancel_the_caller)
+    try:
+        with caplog.at_level(logging.WARNING, logger="sqlalchemy"):
+            caller = asyncio.create_task(write())
+            with pytest.raises(asyncio.CancelledError):
+                await caller
+    finally:
+        event.remove(db.engine.sync_engine, moment, cancel_the_caller)
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("sqlalchemy")] == []
+    async with db.session() as s:  # the pool still works, and the transaction ended as it should have
+        stored = list(await s.scalars(select(Member.user_id)))
+    assert stored == ([7] if moment == "reset" else [])
 
 
 @sqlite_only
