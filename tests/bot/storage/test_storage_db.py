@@ -57,8 +57,8 @@ async def test_session_commits_or_rolls_back(db: Database) -> None:
 async def test_a_task_cancelled_mid_transaction_leaves_a_clean_pool(db: Database, moment: str,
                                                                     caplog: pytest.LogCaptureFixture) -> None:
     """A stop (task.cancel()) that lands while the pool resets the connection a commit gave back, or while a
-    statement runs: the commit or the rollback still finishes, the caller sees the cancellation, and SQLAlchemy logs no "Exception during reset" traceback
-    (an admin pressing Ctrl-C saw one in the playground's log)."""
+    statement runs: the commit or the rollback still finishes, the caller sees the cancellation, and SQLAlchemy
+    logs no "Exception during reset" traceback (an admin pressing Ctrl-C saw one in the playground's log)."""
     now = utcnow()
     caller: asyncio.Task[None] | None = None
 
