@@ -1,5 +1,8 @@
 """At start: the commands acknowledged before a crash that never became jobs, run through the same gate.
 
+Button clicks that make jobs are entries too: a Rerun stores the clicked job, an Upscale or Vary click also the
+image and the action (``{"derive": "upscale", "image_index": 1}``); both are rebuilt from the job as it is now.
+
 Each inbox entry (``bot/storage/inbox.py``) still within its token's 15 minutes is replayed: the member's
 "thinking…" response is edited through the interaction webhook, then :func:`bot.gate.submission.submit` runs
 (validation, filter, limits, journal) exactly as for a live command. The journal deletes the entry together
@@ -18,7 +21,7 @@ import discord
 from bot.clock import as_utc, utcnow
 from bot.discord.delivery import TOKEN_LIFETIME
 from bot.discord.replies import APOLOGY
-from bot.gate.submission import Options, Origin, Refusal, submit
+from bot.gate.submission import DERIVATIONS, Derivation, Options, Origin, Refusal, submit
 from bot.storage import inbox, repository
 from bot.storage.records import InboxRecord, JobRecord
 from generation.request import ImageParams
@@ -28,6 +31,8 @@ log = logging.getLogger(__name__)
 REPLAY_NOTE = "The bot restarted; picking your request up again…"
 # What an inbox entry may carry: a field a newer version stored is left out rather than refused.
 OPTION_NAMES = frozenset(field.name for field in dataclasses.fields(ImageParams)) | {"aspect"}
+DERIVED_SOURCES = frozenset({"upscale_button", "vary_button"})
+UNREADABLE_CLICK = "I could not read that click again after a restart; please click the button once more."
 UPLOAD_LOST = ("The bot restarted before your picture was saved, so this request cannot be picked up again; "
                "please send the command with the image once more.")
 
@@ -41,21 +46,45 @@ def rerun_refusal(job: JobRecord | None, guild_id: int | None) -> str | None:
     return None
 
 
+async def derivation(services: Any, job: JobRecord | None, index: int, derive: Derivation,
+                     guild_id: int | None) -> Options | str:
+    """Upscale / Vary image ``index`` of ``job`` (from its stored PNG), or why that cannot run."""
+    refusal = rerun_refusal(job, guild_id)
+    if refusal is not None or job is None:
+        return refusal or "I no longer know that job."
+    images = {image.index: image for image in await repository.images_for_job(services.db, job.id)}
+    image = images.get(index)
+    if index >= job.params.count or (image is None and job.status == "done"):
+        return f"Job {job.id} has no image {index + 1}."
+    if image is None or image.pruned:
+        return (f"Image {index + 1} of job {job.id} is no longer stored (old images are removed after a while), so "
+                "it cannot be upscaled or varied; run the prompt again instead.")
+    return Options.derived_from(job, index, image.path, derive)
+
+
 async def options_of(services: Any, entry: InboxRecord) -> Options | str:
-    """The entry's options (a Rerun click: those of the clicked job), or why it cannot run."""
+    """The entry's options (a button click: rebuilt from the clicked job), or why it cannot run."""
     if entry.source == "rerun_button" and not entry.options:
         job = await repository.get_job(services.db, entry.parent_job_id) if entry.parent_job_id else None
         refusal = rerun_refusal(job, entry.guild_id)
         return refusal if refusal is not None or job is None else Options.rerun_of(job)
+    if entry.source in DERIVED_SOURCES:
+        derive, index = entry.options.get("derive"), entry.options.get("image_index")
+        if derive not in DERIVATIONS or not isinstance(index, int) or entry.parent_job_id is None:
+            return UNREADABLE_CLICK
+        job = await repository.get_job(services.db, entry.parent_job_id)
+        return await derivation(services, job, index, derive, entry.guild_id)  # type: ignore[arg-type]
     if "image" in entry.options:  # the uploaded picture was never saved: running without it is not what they asked
         return UPLOAD_LOST
     return Options.typed_by_member(**{key: value for key, value in entry.options.items() if key in OPTION_NAMES})
 
 
 def origin_of_entry(entry: InboxRecord) -> Origin:
+    index = entry.options.get("image_index") if entry.source in DERIVED_SOURCES else None
     return Origin(user_id=entry.user_id, channel_id=entry.channel_id, guild_id=entry.guild_id,
                   role_ids=entry.role_ids, interaction_id=entry.interaction_id, interaction_token=entry.token,
-                  application_id=entry.application_id, parent_job_id=entry.parent_job_id, source=entry.source)
+                  application_id=entry.application_id, parent_job_id=entry.parent_job_id,
+                  parent_image_index=index if isinstance(index, int) else None, source=entry.source)
 
 
 async def replay_inbox(bot: Any) -> list[int]:

@@ -23,6 +23,7 @@ import discord
 
 from bot.discord.formatting import parameters_text
 from bot.discord.replies import APOLOGY, answer
+from bot.gate.submission import DERIVATIONS
 from bot.storage import repository
 
 if TYPE_CHECKING:
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 
 PREFIX = "imagine"
 ACTIONS = ("rerun", "delete", "params")
-IMAGE_ACTIONS = ("upscale", "vary_subtle", "vary_strong")
 ROW_WIDTH = 5  # buttons in one action row
 MAX_ROWS = 5  # action rows in one message
 
@@ -41,7 +41,7 @@ def custom_id(action: str, job_id: int, index: int | None = None) -> str:
     """``imagine:rerun:42``; the image actions name the image too: ``imagine:upscale:42:1``."""
     if action in ACTIONS and index is None:
         return f"{PREFIX}:{action}:{int(job_id)}"
-    if action in IMAGE_ACTIONS and index is not None and 0 <= index <= 9:
+    if action in DERIVATIONS and index is not None and 0 <= index <= 9:
         return f"{PREFIX}:{action}:{int(job_id)}:{int(index)}"
     raise ValueError(f"unknown button action {action!r} (image index {index!r})")
 
@@ -155,9 +155,14 @@ class _ImageButton(_JobButton, template=r"$^"):
     ) -> _ImageButton:
         return cls(int(match["job_id"]), int(match["index"]))
 
-    async def run(self, interaction: discord.Interaction, job: JobRecord) -> None:
-        cog = interaction.client.get_cog("Imagine")  # type: ignore[attr-defined]
-        await cog.derive_from_button(interaction, job, self.index, self.action)
+    async def callback(self, interaction: discord.Interaction) -> None:
+        # Not deferred here: the Imagine cog records the click in its inbox before acknowledging it, like Rerun.
+        try:
+            cog = interaction.client.get_cog("Imagine")  # type: ignore[attr-defined]
+            await cog.derive_from_button(interaction, self.job_id, self.index, self.action)
+        except Exception:
+            log.exception("button %s for job %s failed", self.action, self.job_id)
+            await answer(interaction, APOLOGY)
 
 
 _IMAGE_ID = r"(?P<job_id>[0-9]{1,19}):(?P<index>[0-9])"

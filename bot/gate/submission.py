@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from bot.gate.aspect import member_values
 from bot.gate.content_filter import ContentFilter
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 RefusalKind = Literal["invalid", "filtered", "rate_limited", "queue_full"]
 Derivation = Literal["upscale", "vary_subtle", "vary_strong"]
+DERIVATIONS: frozenset[str] = frozenset(get_args(Derivation))
 GONE_STARTING_IMAGE = "the starting image of that job is no longer stored, so it cannot be used again"
 
 

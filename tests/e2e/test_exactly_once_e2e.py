@@ -1,7 +1,7 @@
 """Every result exactly once, and nothing acknowledged is ever lost -- end to end, through the local server:
 
-* a REAL bot process (``python -m bot.cli run``) killed with SIGKILL after a command was acknowledged but before
-  it was journalled: the next process replays it from the inbox (one result); killed before the
+* a REAL bot process (``python -m bot.cli run``) killed with SIGKILL after a command (or an Upscale click) was
+  acknowledged but before it was journalled: the next process replays it from the inbox (one result); killed before the
   acknowledgement: it is dropped, not run behind the member's back; killed at a sweep of instants after a
   burst of commands: every acknowledged command gets exactly one result;
 * the followup POST created but its answer lost (a 500): read back, not posted again -- one result;
@@ -122,6 +122,29 @@ async def test_sigkill_between_ack_and_journal_replays_and_before_ack_drops(
                          "bob's job done with its result recorded", timeout=30)
         assert inbox_ids(db_path) == []
 
+        # 1b. The same for an Upscale click on that result: recorded with its image and action, replayed as it.
+        parent_id = jobs_of(db_path, bob.id)[0][0]
+        server.fail_route("POST", CALLBACK, 429, retry_after=1.0)
+        click = await server.press_button(bob, result, f"imagine:upscale:{parent_id}:0")
+        await eventually(lambda: click.id in inbox_ids(db_path), "bob's click in the inbox", interval=0.01)
+        with write_lock(db_path):
+            await click.wait_for_ack(timeout=ACK_DEADLINE + 1)
+            await bot.kill()
+        server.clear_faults()
+        assert inbox_ids(db_path) == [click.id] and len(jobs_of(db_path, bob.id)) == 1
+
+        bot.start()
+        await bot.wait_started(3)
+        upscaled = await server.wait_for_message(lambda m: m.id != result.id and is_result_for(bob)(m), timeout=90,
+                                                 include_existing=True)
+        assert upscaled.id in click.message_ids, "not answered through the click's own interaction"
+        children = _rows(db_path, "SELECT parent_job_id, parent_image_index, upscale, width FROM jobs "
+                                  "WHERE user_id = ? AND id != ?", bob.id, parent_id)
+        (child_parent, child_index, factor, child_width), = children
+        parent_width = _rows(db_path, "SELECT width FROM jobs WHERE id = ?", parent_id)[0][0]
+        assert (child_parent, child_index) == (parent_id, 0) and factor and child_width > parent_width
+        assert inbox_ids(db_path) == []
+
         # 2. Recorded but never acknowledged (killed while the deferral is held back): Discord told the member
         #    it failed, so it is dropped at the next start, not run behind their back.
         server.fail_route("POST", CALLBACK, 429, retry_after=30.0)
@@ -132,10 +155,10 @@ async def test_sigkill_between_ack_and_journal_replays_and_before_ack_drops(
         assert unacked.ack_latency is None
 
         bot.start()
-        await bot.wait_started(3)
+        await bot.wait_started(4)
         assert inbox_ids(db_path) == [] and jobs_of(db_path, carol.id) == []
         assert "cannot be answered any more" in bot.log.read_text(encoding="utf-8")
-        assert len(results_for(server, bob)) == 1 and results_for(server, carol) == []
+        assert len(results_for(server, bob)) == 2 and results_for(server, carol) == []
     except (AssertionError, TimeoutError) as exc:
         raise AssertionError(f"{exc}\n--- bot log (tail) ---\n{bot.tail()}") from None
     finally:

@@ -20,14 +20,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord.replay import rerun_refusal
-from bot.discord.replies import answer
+from bot.discord.replay import derivation, rerun_refusal
 from bot.discord.uploads import read_attachment
 from bot.gate.aspect import ASPECT_PRESETS
 from bot.gate.refusals import refusal_message
 from bot.gate.submission import Accepted, Derivation, Options, Origin, Refusal, submit
 from bot.storage import inbox, repository
-from bot.storage.records import JobRecord
 from generation.request import (
     MAX_COUNT,
     MAX_GUIDANCE,
@@ -161,27 +159,25 @@ class ImagineBase(commands.Cog, name="Imagine"):
             return
         await self.start(interaction, Options.rerun_of(job), parent_job_id=job.id, source="rerun_button")
 
-    async def derive_from_button(self, interaction: discord.Interaction, job: JobRecord, index: int,
+    async def derive_from_button(self, interaction: discord.Interaction, job_id: int, index: int,
                                  derive: Derivation) -> None:
-        """Upscale / Vary image ``index`` of ``job``: a child job from that image's stored PNG."""
-        if interaction.guild_id is not None and job.guild_id not in (None, interaction.guild_id):
-            await answer(interaction, "That job belongs to another server.")
-            return
-        if not interaction.response.is_done():
-            await interaction.response.defer(ephemeral=True, thinking=True)
-        images = {image.index: image for image in await repository.images_for_job(self.services.db, job.id)}
-        image = images.get(index)
-        if index >= job.params.count or (image is None and job.status == "done"):
-            await answer(interaction, f"Job {job.id} has no image {index + 1}.")
-            return
-        if image is None or image.pruned:
-            await answer(interaction, f"Image {index + 1} of job {job.id} is no longer stored (old images are "
-                                      "removed after a while), so it cannot be upscaled or varied; run the prompt "
-                                      "again instead.")
-            return
+        """Upscale / Vary image ``index`` of a job: a child job from that image's stored PNG. The click (job,
+        image, action) is recorded before the ack, like /imagine, so a crash right after it is replayed."""
         source = "upscale_button" if derive == "upscale" else "vary_button"
-        await self.start(interaction, Options.derived_from(job, index, image.path, derive), parent_job_id=job.id,
-                         parent_image_index=index, source=source)
+        if not await self.acknowledge(interaction, {"derive": derive, "image_index": index}, parent_job_id=job_id,
+                                      source=source):
+            return
+        try:
+            job = await repository.get_job(self.services.db, job_id)
+            options = await derivation(self.services, job, index, derive, interaction.guild_id)
+        except Exception:
+            await self._forget(interaction.id)
+            raise
+        if isinstance(options, str):
+            await self._edit(interaction, options)
+            await self._forget(interaction.id)
+            return
+        await self.start(interaction, options, parent_job_id=job_id, parent_image_index=index, source=source)
 
 
 def make_imagine_cog(settings: GenerationSettings) -> type[ImagineBase]:

@@ -1,4 +1,4 @@
-"""What a replayed inbox entry asks for: its own options, or (a Rerun click) those of the clicked job."""
+"""What a replayed inbox entry asks for: its own options, or (a button click) those rebuilt from the clicked job."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from bot.discord.replay import options_of, origin_of_entry
+from bot.discord.replay import UNREADABLE_CLICK, options_of, origin_of_entry
 from bot.gate.submission import Options
 from bot.storage import inbox
+from bot.storage import repository as repo
 from bot.storage.db import Database
 from bot.storage.records import InboxRecord
 from tests.helpers import new_job
@@ -57,3 +58,32 @@ async def test_rerun_click_reruns_the_clicked_job_or_says_why_not(services: Simp
     assert await options_of(services, gone) == "I no longer know that job."
     elsewhere = await entry(services, 4, options={}, source="rerun_button", parent_job_id=parent.id, guild_id=11)
     assert await options_of(services, elsewhere) == "That job belongs to another server."
+
+
+async def test_upscale_or_vary_click_rebuilds_the_child_from_the_stored_image_or_says_why_not(
+        services: SimpleNamespace) -> None:
+    parent = await new_job(services.db, **JOB)
+    second = await repo.add_image(services.db, parent.id, index=1, seed=43, path="10/2.png", sha256="ab",
+                                  size_bytes=10, width=128, height=96)
+    click = await entry(services, 5, options={"derive": "vary_strong", "image_index": 1}, source="vary_button",
+                        parent_job_id=parent.id)
+    varied = await options_of(services, click)
+    assert isinstance(varied, Options)
+    assert (varied.derive, varied.image_index, varied.init_image_path) == ("vary_strong", 1, "10/2.png")
+    assert varied.values["prompt"] == "a red kite"
+    origin = origin_of_entry(click)
+    assert (origin.parent_job_id, origin.parent_image_index, origin.source) == (parent.id, 1, "vary_button")
+
+    async def answer_to(interaction_id: int, **changes: object) -> Options | str:
+        fields = {"options": {"derive": "upscale", "image_index": 1}, "source": "upscale_button",
+                  "parent_job_id": parent.id, **changes}
+        return await options_of(services, await entry(services, interaction_id, **fields))
+
+    assert await answer_to(6, options={"derive": "upscale", "image_index": 0}) == (
+        f"Image 1 of job {parent.id} is no longer stored (old images are removed after a while), so it cannot be "
+        "upscaled or varied; run the prompt again instead.")
+    assert await answer_to(7, options={"derive": "upscale", "image_index": 2}) == f"Job {parent.id} has no image 3."
+    assert await answer_to(8, guild_id=11) == "That job belongs to another server."
+    assert await answer_to(9, options={"derive": "sharpen", "image_index": 1}) == UNREADABLE_CLICK
+    await repo.mark_images_pruned(services.db, [second.id])
+    assert "no longer stored" in await answer_to(10)
