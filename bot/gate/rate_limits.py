@@ -164,8 +164,11 @@ class RateLimiter:
         return tighten(limits, server) if guild_id is not None else limits
 
     async def reserve(self, guild_id: int | None, user_id: int, images: int,
-                      role_ids: Iterable[int] = ()) -> Reservation:
-        """Grant ``images`` to a member or raise :class:`RateLimited`; the grant is written to the ledger."""
+                      role_ids: Iterable[int] = (), *, interaction_id: int | None = None) -> Reservation:
+        """Grant ``images`` to a member or raise :class:`RateLimited`; the grant is written to the ledger.
+
+        ``interaction_id``: the command it is for. A grant of the same command that no job links is an earlier
+        try that died before the journal (the inbox replays it): it is replaced, not counted a second time."""
         if images < 1:
             raise ValueError("images must be at least 1")
         role_ids = tuple(role_ids)
@@ -173,6 +176,8 @@ class RateLimiter:
         # Always the server's lock before the member's: one order everywhere, so no two requests deadlock.
         locks = ([("rate-limit-server", guild_id)] if capped else []) + [("rate-limit", guild_id, user_id)]
         async with ledger_transaction(self.db, locks, write=True) as ledger:
+            if interaction_id is not None:
+                await ledger.drop_unjournalled(guild_id, user_id, interaction_id)
             now = self.clock()
             pending_since = now - timedelta(seconds=PENDING_SECONDS)
             limits = self._resolve(await ledger.guild_settings(guild_id), guild_id, role_ids)
@@ -206,7 +211,7 @@ class RateLimiter:
                 raise RateLimited(retry_at, (
                     f"you have used {used} of your {limits.images_per_window} image(s) per {window_text}"),
                     "window")
-            entry_id = await ledger.grant(guild_id, user_id, images, now)
+            entry_id = await ledger.grant(guild_id, user_id, images, now, interaction_id)
             return Reservation(entry_id, guild_id, user_id, images, now, limits)
 
     async def release(self, reservation: Reservation) -> None:

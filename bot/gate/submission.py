@@ -200,7 +200,8 @@ async def _submit(gate: Gate, options: Options, origin: Origin) -> Accepted | Re
 
     try:
         reservation = await gate.rate_limiter.reserve(
-            origin.guild_id, origin.user_id, request.params.count, role_ids=origin.role_ids
+            origin.guild_id, origin.user_id, request.params.count, role_ids=origin.role_ids,
+            interaction_id=origin.interaction_id,
         )
     except RateLimited as exc:
         return Refusal("rate_limited", refusal_message("rate_limited", retry_at=exc.retry_at, reason=exc.reason),

@@ -54,9 +54,19 @@ class LedgerTransaction:
             .order_by(RateLimitEntry.at, RateLimitEntry.id))
         return [(at, int(images)) for at, images in rows]
 
-    async def grant(self, guild_id: int | None, user_id: int, images: int, at: datetime) -> int:
+    async def drop_unjournalled(self, guild_id: int | None, user_id: int, interaction_id: int) -> int:
+        """Delete the member's grants for ``interaction_id`` that no job links (an earlier try of the same command
+        died before journalling it); returns how many."""
+        result = await self._session.execute(delete(RateLimitEntry).where(
+            RateLimitEntry.guild_id == guild_id, RateLimitEntry.user_id == user_id,
+            RateLimitEntry.interaction_id == interaction_id, RateLimitEntry.job_id.is_(None)))
+        return int(result.rowcount or 0)
+
+    async def grant(self, guild_id: int | None, user_id: int, images: int, at: datetime,
+                    interaction_id: int | None = None) -> int:
         """Write a grant (pending until a job links it); returns its id."""
-        entry = RateLimitEntry(guild_id=guild_id, user_id=user_id, images=images, at=at, job_id=None)
+        entry = RateLimitEntry(guild_id=guild_id, user_id=user_id, images=images, at=at, job_id=None,
+                               interaction_id=interaction_id)
         self._session.add(entry)
         await self._session.flush()
         return entry.id

@@ -171,6 +171,8 @@ class RateLimitEntry(Base):
 
     ``job_id`` is empty between :meth:`RateLimiter.reserve` and the job being journalled; such a pending
     entry also counts as a queued job for a short while so that concurrent requests see each other.
+    ``interaction_id`` (revision 0010): the command the grant was made for, so the replay of a command whose
+    process died before journalling it replaces that grant instead of charging the member twice.
     """
 
     __tablename__ = "rate_limit_ledger"
@@ -182,6 +184,7 @@ class RateLimitEntry(Base):
     images: Mapped[int] = mapped_column(Integer)
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
+    interaction_id: Mapped[int | None] = mapped_column(BigInteger)
 
 
 

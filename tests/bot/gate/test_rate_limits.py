@@ -260,3 +260,20 @@ async def test_exact_across_processes(db: Database) -> None:
         await other.close()
     assert sum(results) == 7
     assert (await limiters[0].usage(G, U)).used == 7
+
+
+async def test_the_replay_of_a_command_that_died_before_its_journal_replaces_its_own_grant(db: Database) -> None:
+    """A process killed between reserve and journal leaves an unlinked grant; the inbox replays the command with
+    the same interaction id: it is charged once and not refused as "already waiting" by its own ghost."""
+    rl = limiter(db, Clock(), images_per_window=3, max_queued_per_user=1)
+    await rl.reserve(G, U, 2, interaction_id=501)  # ...and the process died here
+    replayed = await rl.reserve(G, U, 2, interaction_id=501)
+    usage = await rl.usage(G, U)
+    assert (usage.used, usage.queued) == (2, 1)
+    await _job(db, ledger=replayed.entry_id)  # journalled: the grant is the job's now
+    with pytest.raises(RateLimited) as info:  # a different command is still limited as before
+        await rl.reserve(G, U, 1, interaction_id=502)
+    assert info.value.kind == "queued"
+    with pytest.raises(RateLimited):  # and a journalled grant is never dropped, even for the same interaction
+        await rl.reserve(G, U, 2, interaction_id=501)
+    assert (await rl.usage(G, U)).used == 2
