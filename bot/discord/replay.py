@@ -1,7 +1,9 @@
 """At start: the commands acknowledged before a crash that never became jobs, run through the same gate.
 
-Button clicks that make jobs are entries too: a Rerun stores the clicked job, an Upscale or Vary click also the
-image and the action (``{"derive": "upscale", "image_index": 1}``); both are rebuilt from the job as it is now.
+A command with an attached picture downloads it again from the URL the entry kept (checked as the live
+command checks it). Button clicks that make jobs are entries too: a Rerun stores the clicked job, an Upscale or
+Vary click also the image and the action (``{"derive": "upscale", "image_index": 1}``); both are rebuilt from the
+job as it is now.
 
 Each inbox entry (``bot/storage/inbox.py``) still within its token's 15 minutes is replayed: the member's
 "thinking…" response is edited through the interaction webhook, then :func:`bot.gate.submission.submit` runs
@@ -21,10 +23,12 @@ import discord
 from bot.clock import as_utc, utcnow
 from bot.discord.delivery import TOKEN_LIFETIME
 from bot.discord.replies import APOLOGY
+from bot.discord.uploads import read_upload
+from bot.gate.refusals import refusal_message
 from bot.gate.submission import DERIVATIONS, Derivation, Options, Origin, Refusal, submit
 from bot.storage import inbox, repository
 from bot.storage.records import InboxRecord, JobRecord
-from generation.request import ImageParams
+from generation.request import ImageParams, RequestError
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,7 @@ DERIVED_SOURCES = frozenset({"upscale_button", "vary_button"})
 UNREADABLE_CLICK = "I could not read that click again after a restart; please click the button once more."
 UPLOAD_LOST = ("The bot restarted before your picture was saved, so this request cannot be picked up again; "
                "please send the command with the image once more.")
+UPLOAD_FIELD = "image"
 
 
 def rerun_refusal(job: JobRecord | None, guild_id: int | None) -> str | None:
@@ -74,9 +79,18 @@ async def options_of(services: Any, entry: InboxRecord) -> Options | str:
             return UNREADABLE_CLICK
         job = await repository.get_job(services.db, entry.parent_job_id)
         return await derivation(services, job, index, derive, entry.guild_id)  # type: ignore[arg-type]
-    if "image" in entry.options:  # the uploaded picture was never saved: running without it is not what they asked
+    typed = {key: value for key, value in entry.options.items() if key in OPTION_NAMES}
+    if UPLOAD_FIELD not in entry.options:
+        return Options.typed_by_member(**typed)
+    upload = entry.options[UPLOAD_FIELD]
+    if not isinstance(upload, dict):  # an older entry kept only the file name: running without it is not wanted
         return UPLOAD_LOST
-    return Options.typed_by_member(**{key: value for key, value in entry.options.items() if key in OPTION_NAMES})
+    settings = services.settings
+    try:  # downloaded and checked again, exactly as the live command does
+        picture = await read_upload(upload, settings.input_images, settings.generation)
+    except RequestError as exc:
+        return refusal_message("invalid", message=exc.message)
+    return Options.typed_by_member(init_image=picture.png, **typed)
 
 
 def origin_of_entry(entry: InboxRecord) -> Origin:

@@ -45,9 +45,27 @@ async def download(url: str, limits: InputImageSettings) -> bytes:
     return bytes(received)
 
 
+def describe(attachment: discord.Attachment) -> dict[str, object]:
+    """What the inbox keeps of an attachment: enough to download and check it again when the command is replayed
+    after a crash (Discord's attachment URLs stay valid for hours; a replay comes within 15 minutes)."""
+    return {"url": attachment.url, "filename": attachment.filename, "content_type": attachment.content_type,
+            "size": attachment.size}
+
+
+async def read_upload(upload: dict[str, object], limits: InputImageSettings,
+                      settings: GenerationSettings) -> InputImage:
+    """Check, download and normalise a picture :func:`describe` d; :class:`InputImageError` says what was wrong."""
+    url, size = upload.get("url"), upload.get("size")
+    if not isinstance(url, str) or not isinstance(size, int):
+        raise InputImageError(f"the attached image could not be found again; {RETRY}")
+    content_type = upload.get("content_type")
+    check_declared(str(upload.get("filename") or ""), content_type if isinstance(content_type, str) else None,
+                   size, limits)
+    data = await download(url, limits)
+    return await asyncio.to_thread(normalize_input_image, data, limits, settings)
+
+
 async def read_attachment(attachment: discord.Attachment, limits: InputImageSettings,
                           settings: GenerationSettings) -> InputImage:
     """Check, download and normalise an attached picture; :class:`InputImageError` says what was wrong."""
-    check_declared(attachment.filename, attachment.content_type, attachment.size, limits)
-    data = await download(attachment.url, limits)
-    return await asyncio.to_thread(normalize_input_image, data, limits, settings)
+    return await read_upload(describe(attachment), limits, settings)

@@ -21,7 +21,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord.replay import derivation, rerun_refusal
-from bot.discord.uploads import read_attachment
+from bot.discord.uploads import describe, read_attachment
 from bot.gate.aspect import ASPECT_PRESETS
 from bot.gate.refusals import refusal_message
 from bot.gate.submission import Accepted, Derivation, Options, Origin, Refusal, submit
@@ -233,8 +233,8 @@ def make_imagine_cog(settings: GenerationSettings) -> type[ImagineBase]:
                      "guidance": guidance, "width": width, "height": height, "count": count, "scheduler": scheduler,
                      "strength": strength, "aspect": aspect, "model": model, "style": style}
             recorded = {name: value for name, value in typed.items() if value is not None}
-            if image is not None:  # the bytes are not recorded: a replay says so instead of running without them
-                recorded["image"] = image.filename
+            if image is not None:  # where to download it again: a replay after a crash does
+                recorded["image"] = describe(image)
             # First, always: recorded, then acknowledged within Discord's 3 s whatever the queue or an upload does.
             if not await self.acknowledge(interaction, recorded):
                 return

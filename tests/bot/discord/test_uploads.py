@@ -4,15 +4,21 @@ timeout, a failing CDN, and the checks that run before anything is downloaded.""
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 
 import pytest
 from aiohttp import web
+from PIL import Image
 
+from bot.clock import utcnow
 from bot.config import InputImageSettings
-from bot.discord.uploads import download, read_attachment
+from bot.discord.replay import UPLOAD_LOST, options_of
+from bot.discord.uploads import describe, download, read_attachment
 from bot.gate.input_image import InputImageError
+from bot.gate.submission import Options
+from bot.storage.records import InboxRecord
 from generation.settings import GenerationSettings
 from tests.helpers import picture_png
 
@@ -112,3 +118,28 @@ async def test_an_attachment_is_checked_downloaded_and_normalised(cdn: tuple[str
     with pytest.raises(InputImageError, match="more than the 50 KB"):
         await read_attachment(huge, LIMITS, settings)  # type: ignore[arg-type]
     assert served == ["/ok.png"]  # refused from what Discord declared: nothing downloaded
+
+
+async def test_a_replayed_command_downloads_its_picture_again_or_says_why_not(cdn: tuple[str, list[str]]) -> None:
+    """After a crash the inbox has the attachment's description (not its bytes): the replay downloads and checks
+    it as the live command did; an entry from before (only a file name) or a picture gone from the CDN is one
+    sentence for the member."""
+    base, served = cdn
+    settings = GenerationSettings(model="tiny", min_size=64, max_size=256)
+    services = SimpleNamespace(settings=SimpleNamespace(input_images=LIMITS, generation=settings))
+    attachment = SimpleNamespace(filename="in.png", content_type="image/png", size=len(PICTURE),
+                                 url=f"{base}/ok.png")
+
+    def entry(image: object) -> InboxRecord:
+        return InboxRecord(id=1, interaction_id=9, application_id=5, token="t", guild_id=1, channel_id=2, user_id=3,
+                           role_ids=(), options={"prompt": "a fox", "strength": 0.5, "image": image},
+                           source="imagine", parent_job_id=None, received_at=utcnow())
+
+    replayed = await options_of(services, entry(describe(attachment)))  # type: ignore[arg-type]
+    assert isinstance(replayed, Options) and served == ["/ok.png"]
+    assert replayed.values["prompt"] == "a fox" and replayed.values["strength"] == 0.5
+    assert replayed.init_image is not None and Image.open(io.BytesIO(replayed.init_image)).size == (96, 80)
+
+    gone = await options_of(services, entry({**describe(attachment), "url": f"{base}/missing"}))
+    assert isinstance(gone, str) and "could not be downloaded from Discord (HTTP 404)" in gone
+    assert await options_of(services, entry("in.png")) == UPLOAD_LOST
