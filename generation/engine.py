@@ -26,6 +26,7 @@ import itertools
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -42,6 +43,10 @@ from generation.settings import GenerationSettings
 from generation.tokenizer import is_truncated
 
 log = logging.getLogger(__name__)
+
+# Several named LoRA adapters in one UNet is diffusers' documented multi-adapter use (load_lora_weights with an
+# adapter_name, then set_adapters); peft warns about it on the second one, which would only alarm an admin.
+warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute in the model", category=UserWarning)
 
 # A1111's "Approx cheap" preview: a linear map from SD 1.x's 4 latent channels to RGB (rows: channels).
 LATENT_RGB_FACTORS = torch.tensor([
