@@ -175,19 +175,22 @@ async def test_parameters_button_answers_ephemerally(
     assert not server.messages[result.id].deleted and server.messages[result.id].edits == result.edits
 
 
+@pytest.mark.parametrize(("term", "prompt"), [
+    ("forbiddenword", "a f0rb1dd3n-w0rd cat"),
+    ("forbidden", "FORBIDDE\u039d castle"),  # a Greek capital Nu: this one was generated and posted once
+])
 async def test_disguised_blocked_term_refused_without_echo(
-        discord_server: LocalDiscordServer, bots: BotFactory) -> None:
+        discord_server: LocalDiscordServer, bots: BotFactory, term: str, prompt: str) -> None:
     server = discord_server
-    running = await bots.start(bots.settings(content_filter={"blocked_terms": ["forbiddenword"]}))
+    running = await bots.start(bots.settings(content_filter={"blocked_terms": [term]}))
     bob = server.members["bob"]
-    prompt = "a f0rb1dd3n-w0rd cat"
 
     interaction = await server.send_command(bob, server.general, "imagine", {"prompt": prompt})
     answer = await interaction.wait_for_response(timeout=10)
     assert answer.ephemeral
     text = answer.content.lower()
     assert "refused" in text and "term" in text  # the category, in words
-    for leaked in ("forbiddenword", "f0rb1dd3n", "w0rd", "forbidden"):
+    for leaked in (term, "f0rb1dd3n", "w0rd", "forbidde"):
         assert leaked not in text, f"the refusal echoes {leaked!r}: {answer.content!r}"
     assert not any(png_of(m) for m in server.bot_messages())
 
