@@ -81,10 +81,12 @@ async def run_to_completion(step: Awaitable[T]) -> T:
     cancelled: asyncio.CancelledError | None = None
     while not task.done():
         try:
-            await asyncio.shield(task)
+            await asyncio.wait({task})  # a cancellation interrupts this wait, never the step
         except asyncio.CancelledError as exc:
             cancelled = exc
     if cancelled is not None:
+        if not task.cancelled():
+            task.exception()  # the step's own failure is not left unretrieved: the caller's cancellation wins
         raise cancelled
     return task.result()
 

@@ -12,7 +12,7 @@ from sqlalchemy import event, select, text
 
 from bot.clock import utcnow
 from bot.storage import repository as repo
-from bot.storage.db import Database, sqlite_file
+from bot.storage.db import Database, run_to_completion, sqlite_file
 from bot.storage.models import Job, Member
 from tests.helpers import new_job
 
@@ -83,6 +83,32 @@ async def test_a_task_cancelled_mid_transaction_leaves_a_clean_pool(db: Database
     async with db.session() as s:  # the pool still works, and the transaction ended as it should have
         stored = list(await s.scalars(select(Member.user_id)))
     assert stored == ([7] if moment == "reset" else [])
+
+
+async def test_run_to_completion_finishes_the_step_then_passes_the_cancellation_on() -> None:
+    release, finished = asyncio.Event(), []
+
+    async def step(fail: bool) -> str:
+        await release.wait()
+        finished.append(fail)
+        if fail:
+            raise RuntimeError("the commit failed")
+        return "committed"
+
+    release.set()
+    assert await run_to_completion(step(False)) == "committed"
+    release.clear()
+    for fail in (False, True):
+        caller = asyncio.create_task(run_to_completion(step(fail)))
+        await asyncio.sleep(0)
+        caller.cancel()
+        await asyncio.sleep(0)
+        assert not caller.done(), "the caller returned before its step had finished"
+        release.set()
+        with pytest.raises(asyncio.CancelledError):  # the caller's cancellation wins over the step's failure
+            await caller
+        release.clear()
+    assert finished == [False, False, True]
 
 
 @sqlite_only
