@@ -23,15 +23,10 @@ from generation.schedulers import SAMPLER_LABELS
 # Discord's limits (https://discord.com/developers/docs/resources/message#embed-object-embed-limits).
 EMBED_TITLE_LIMIT = 256
 EMBED_DESCRIPTION_LIMIT = 4096
-EMBED_FIELD_NAME_LIMIT = 256
 EMBED_FIELD_VALUE_LIMIT = 1024
-EMBED_FIELD_COUNT_LIMIT = 25
 EMBED_FOOTER_LIMIT = 2048
-EMBED_AUTHOR_LIMIT = 256
 EMBED_TOTAL_LIMIT = 6000  # title + description + field names/values + footer + author, per message
-EMBEDS_PER_MESSAGE = 10
 ATTACHMENTS_PER_MESSAGE = 10
-DEFAULT_ATTACHMENT_LIMIT = 10 * 1024 * 1024  # unboosted servers; boosts raise it (config: attachment_size_limit)
 REQUEST_UPLOAD_LIMIT = 25 * 1024 * 1024  # all the files of one message together
 REQUEST_OVERHEAD = 256 * 1024  # kept free in a request for the JSON payload and the multipart framing
 SPOILER_PREFIX = "SPOILER_"  # an attachment whose filename starts with this is blurred until clicked

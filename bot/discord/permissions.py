@@ -59,9 +59,6 @@ class AdminNotices:
         self.bot = bot
         self._told: set[tuple[int | None, str]] = set()
 
-    def already_told(self, guild_id: int | None, permission: str) -> bool:
-        return (guild_id, permission) in self._told
-
     async def missing(self, guild_id: int | None, channel_id: int, permission: str, consequence: str) -> None:
         """Say (once) that ``permission`` (e.g. ``manage_messages``) is missing and what that means."""
         key = (guild_id, permission)

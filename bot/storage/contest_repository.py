@@ -240,12 +240,6 @@ async def set_entry_message(db: Database, entry_id: int, message_id: int | None)
         await session.execute(update(ContestEntry).where(ContestEntry.id == entry_id).values(message_id=message_id))
 
 
-async def get_entry(db: Database, entry_id: int) -> EntryRecord | None:
-    async with db.session() as session:
-        row = await session.get(ContestEntry, entry_id)
-        return _entry(row) if row else None
-
-
 async def entry_by_message(db: Database, message_id: int) -> EntryRecord | None:
     async with db.session() as session:
         row = (await session.scalars(select(ContestEntry).where(ContestEntry.message_id == message_id))).first()

@@ -118,7 +118,6 @@ class RemoteWorker:
         self._extend = client.register_script(EXTEND_LEASES)
         self._stopping = False
         self._stop = asyncio.Event()  # loops end at their next check (never cancelled inside a Redis command)
-        self.claims = 0  # batches claimed (tests and the benchmark read it)
 
     @property
     def _lease_ms(self) -> int:
@@ -268,7 +267,6 @@ class RemoteWorker:
             return
         held = _Held(stream=stream, entry_id=entry_id, batch_id=batch_id, attempt=attempt, jobs=jobs)
         self._held[(stream, entry_id)] = held
-        self.claims += 1
         await self._send("claimed", {"batch_id": batch_id, "attempt": attempt, "worker_id": self.worker_id,
                                      "lease_expires_at": time.time() + self.settings.lease_seconds})
         held.task = asyncio.create_task(self._execute(held), name=f"worker-batch-{batch_id}")
