@@ -15,12 +15,15 @@ A test that needs one backend only asks for it: ``@pytest.mark.parametrize("db_b
   free loopback port in the test's temp dir, without persistence, so a restart loses everything like a crashed
   server. ``.url``, ``.port``, ``.stop()``, ``.start()`` (same port), ``.restart()``. Skipped with the reason
   when the binary is missing.
+* ``restore_logging`` -- for tests that run an entry point (``run_main``), which installs the bot's root log
+  handler: it is taken off again afterwards, so the other tests' logging is as pytest set it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
+import logging
 import os
 import shutil
 import socket
@@ -35,6 +38,7 @@ from typing import Any
 
 import pytest
 
+from bot import logging_setup
 from bot.storage.db import Database
 
 SCHEMA_TEMPLATE = "imagine_schema"
@@ -200,3 +204,13 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    level = logging.getLogger().level
+    yield
+    if logging_setup._installed is not None:
+        logging.getLogger().removeHandler(logging_setup._installed)
+        logging_setup._installed = None
+    logging.getLogger().setLevel(level)

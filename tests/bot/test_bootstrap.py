@@ -24,24 +24,9 @@ from bot.storage.db import Database, upgrade_to_head
 from bot.storage.models import Job
 from tests.helpers import local_bot_settings, new_job, params
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("restore_logging")]
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Any:
-    """run_main installs the bot's root log handler; take it off again for the other tests."""
-    import logging
-
-    from bot import logging_setup
-
-    level = logging.getLogger().level
-    yield
-    if logging_setup._installed is not None:
-        logging.getLogger().removeHandler(logging_setup._installed)
-        logging_setup._installed = None
-    logging.getLogger().setLevel(level)
 
 
 def test_bot_class_is_picked_at_runtime() -> None:

@@ -8,13 +8,11 @@ storage checks run before any model load or login, so ``run`` stops there.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import sqlite3
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,23 +22,10 @@ from bot.config import settings_from_mapping
 from bot.storage.db import Database, run_alembic
 from bot.storage.preflight import StorageError, check_storage
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("restore_logging")]
 
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "hunter2hunter2"
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """run_main installs the bot's root log handler; take it off again for the other tests."""
-    from bot import logging_setup
-
-    level = logging.getLogger().level
-    yield
-    if logging_setup._installed is not None:
-        logging.getLogger().removeHandler(logging_setup._installed)
-        logging_setup._installed = None
-    logging.getLogger().setLevel(level)
 
 
 @pytest.fixture

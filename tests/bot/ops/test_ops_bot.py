@@ -4,9 +4,8 @@ server, with real SQLite and a real aiohttp server on a free loopback port (the 
 from __future__ import annotations
 
 import argparse
-import logging
 import socket
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from PIL import Image
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot import cli, logging_setup
+from bot import cli
 from bot.bootstrap import build_services, gateway_check, start_bot
 from bot.config import Settings
 from bot.discord.client import create_bot
@@ -164,18 +163,6 @@ async def test_metrics_disabled_serves_nothing(server: LocalDiscordServer, tmp_p
         assert set(running.services.health.names) == {"gateway", "database", "queue"}  # still checked
     finally:
         await running.close(close_services=True)
-
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """run_main installs the bot's root log handler; take it off again for the other tests."""
-    level = logging.getLogger().level
-    yield
-    if logging_setup._installed is not None:
-        logging.getLogger().removeHandler(logging_setup._installed)
-        logging_setup._installed = None
-    logging.getLogger().setLevel(level)
 
 
 def test_run_with_a_busy_metrics_port_exits_2_with_one_message(tmp_path: Path, capsys: pytest.CaptureFixture[str],
