@@ -32,11 +32,12 @@ from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
-from PIL import Image, ImageOps
+from PIL import Image
 
 from generation.errors import JobRefusedError
 from generation.loading import LoadedModel, LoadedUpscaler, ModelLoadError, load_upscaler
 from generation.models import ModelRegistry
+from generation.png import upright_rgb
 from generation.request import GenerationRequest, ImageParams
 from generation.schedulers import make_scheduler
 from generation.settings import GenerationSettings
@@ -262,12 +263,7 @@ class DiffusionEngine:
                                   "please start it again.")
         try:
             with Image.open(io.BytesIO(request.init_image)) as opened:
-                image = ImageOps.exif_transpose(opened)
-                if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                    rgba = image.convert("RGBA")
-                    image = Image.new("RGB", rgba.size, (255, 255, 255))
-                    image.paste(rgba, mask=rgba.getchannel("A"))
-                image = image.convert("RGB")
+                image = upright_rgb(opened)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             raise JobRefusedError("The starting image could not be read; send a PNG, JPEG or WebP file.") from None
         if image.size != size:

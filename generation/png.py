@@ -16,7 +16,7 @@ import json
 import re
 from typing import Any
 
-from PIL import Image, PngImagePlugin
+from PIL import Image, ImageOps, PngImagePlugin
 
 from generation.request import ImageParams
 from generation.schedulers import SAMPLER_LABELS
@@ -63,6 +63,17 @@ def parameters_text(params: ImageParams, seed: int, model_name: str) -> str:
         pairs.append(("Style", _quote(params.style)))
     lines.append(", ".join(f"{key}: {value}" for key, value in pairs))
     return "\n".join(lines)
+
+
+def upright_rgb(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF orientation says, in RGB, any transparency laid over white: what a picture a
+    member sends (or a starting image read back) must be before it enters a pipeline."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.new("RGB", rgba.size, (255, 255, 255))
+        image.paste(rgba, mask=rgba.getchannel("A"))
+    return image.convert("RGB")
 
 
 def encode_png(image: Image.Image, parameters: str) -> bytes:

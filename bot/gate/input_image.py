@@ -23,10 +23,11 @@ import io
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from bot.config import InputImageSettings
 from bot.text import format_size
+from generation.png import upright_rgb
 from generation.request import RequestError, fitted_size
 from generation.settings import GenerationSettings
 
@@ -121,12 +122,7 @@ def normalize_input_image(data: bytes, limits: InputImageSettings, settings: Gen
                     raise _pixel_refusal(width, height, limits)
                 frames = int(getattr(opened, "n_frames", 1) or 1)
                 opened.seek(0)
-                image = ImageOps.exif_transpose(opened)
-                if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                    rgba = image.convert("RGBA")
-                    image = Image.new("RGB", rgba.size, (255, 255, 255))
-                    image.paste(rgba, mask=rgba.getchannel("A"))
-                image = image.convert("RGB")
+                image = upright_rgb(opened)
     except InputImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
