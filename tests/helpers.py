@@ -1,4 +1,5 @@
-"""What many tests share: small image parameters, journalled jobs, and waiting for a condition.
+"""What many tests share: small image parameters, journalled jobs, waiting for a condition, and an engine without
+a model (:class:`SolidEngine`).
 
 Import as ``from tests.helpers import ...`` (pytest puts the repository root on ``sys.path``).
 """
@@ -14,7 +15,7 @@ import struct
 import subprocess
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,7 +27,7 @@ from bot.config import Settings, settings_from_mapping
 from bot.storage import repository
 from bot.storage.db import Database
 from bot.storage.records import JobRecord
-from generation.request import ImageParams
+from generation.request import GenerationRequest, ImageParams
 
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -166,3 +167,37 @@ def fill_up(directory: Path) -> Path:
         except OSError as exc:
             assert exc.errno == errno.ENOSPC, exc
     return filler
+
+
+class SolidEngine:
+    """A batch engine without a model: solid images (one colour per seed) in two steps, so the real worker, journal
+    and delivery run around it. Tests that hold, fail or pause it subclass it and override :meth:`generate`."""
+
+    model_name = "solid"
+
+    def batch_key(self, request: GenerationRequest) -> tuple:
+        return (request.params.width, request.params.height, request.params.steps)
+
+    def generate(self, requests: Sequence[GenerationRequest], *, on_step: Any = None,
+                 should_stop: Any = None) -> list[list[Image.Image]]:
+        for step in (1, 2):
+            if on_step is not None:
+                on_step(step, 2, None)
+        return self.images(requests)
+
+    @staticmethod
+    def images(requests: Sequence[GenerationRequest], blue: int = 0) -> list[list[Image.Image]]:
+        return [[Image.new("RGB", (r.params.width, r.params.height), ((r.params.seed + i) % 256, 0, blue))
+                 for i in range(r.params.count)] for r in requests]
+
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        return False
+
+    def free_memory(self) -> None:
+        pass
+
+    def tokens_truncated(self, params: ImageParams) -> bool:
+        return False
+
+    def model_label(self, params: ImageParams) -> str:
+        return self.model_name

@@ -11,18 +11,18 @@ import threading
 from collections.abc import Sequence
 
 import pytest
-from PIL import Image
 from prometheus_client import CollectorRegistry
 
 from generation.metrics import IMAGE_OUTCOMES, GenerationMetrics
 from generation.request import GenerationRequest, ImageParams
 from generation.worker import GenerationError, GenerationResult, GenerationWorker, JobCancelledError, JobHandle
+from tests.helpers import SolidEngine
 
 pytestmark = pytest.mark.timeout(30)
 WAIT = 10.0  # only reached when something is broken
 
 
-class HeldEngine:
+class HeldEngine(SolidEngine):
     """Solid images; each generate() call waits for ``release`` and fails for prompts in ``fail_prompts``."""
 
     model_name = "held"
@@ -49,20 +49,7 @@ class HeldEngine:
                 on_step(step, total, None)
         if any(r.params.prompt in self.fail_prompts for r in requests):
             raise ValueError("simulated engine failure")
-        return [[Image.new("RGB", (r.params.width, r.params.height), (r.params.seed % 256, 0, 0))
-                 for _ in range(r.params.count)] for r in requests]
-
-    def is_out_of_memory(self, exc: BaseException) -> bool:
-        return False
-
-    def free_memory(self) -> None:
-        pass
-
-    def tokens_truncated(self, params: ImageParams) -> bool:
-        return False
-
-    def model_label(self, params: ImageParams) -> str:
-        return self.model_name
+        return self.images(requests)
 
 
 def req(prompt: str, requester: str, *, count: int = 1, steps: int = 3, size: int = 64) -> GenerationRequest:

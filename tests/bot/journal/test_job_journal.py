@@ -12,13 +12,11 @@ import contextlib
 import hashlib
 import os
 import sqlite3
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
 from sqlalchemy import select
 
 from bot.config import RateLimitSettings
@@ -37,7 +35,7 @@ from generation.worker import (
     JobCancelledError,
     QueueFullError,
 )
-from tests.helpers import eventually, fill_up, new_job, params, small_tmpfs
+from tests.helpers import SolidEngine, eventually, fill_up, new_job, params, small_tmpfs
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -331,33 +329,6 @@ async def test_shutdown_leaves_dropped_jobs_queued(db: Database, worker: FakeWor
     await journal.wait_idle()
     assert (await repo.get_job(db, job.id)).status == "queued"
     assert [j.id for j in await repo.unfinished_jobs(db)] == [job.id]
-
-
-class SolidEngine:
-    """A tiny real-worker engine: solid images, two steps."""
-
-    model_name = "solid"
-
-    def batch_key(self, req: GenerationRequest) -> tuple:
-        return (req.params.width, req.params.height)
-
-    def generate(self, requests: Sequence[GenerationRequest], *, on_step: Any = None,
-                 should_stop: Any = None) -> list[list[Image.Image]]:
-        for step in (1, 2):
-            if on_step:
-                on_step(step, 2, None)
-        return [[Image.new("RGB", (r.params.width, r.params.height), ((r.params.seed + i) % 256, 0, 0))
-                 for i in range(r.params.count)]
-                for r in requests]
-
-    def is_out_of_memory(self, exc: BaseException) -> bool:
-        return False
-
-    def free_memory(self) -> None:
-        pass
-
-    def tokens_truncated(self, prompt: str) -> bool:
-        return False
 
 
 async def test_with_the_real_worker(db: Database, tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,6 @@ import aiohttp
 import pytest
 import pytest_asyncio
 import yaml
-from PIL import Image
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -24,41 +23,11 @@ from bot.discord.client import create_bot
 from bot.localdiscord import LocalDiscordServer
 from bot.ops.health import HealthChecks
 from bot.ops.server import MetricsPortError, OpsServer
-from generation.request import GenerationRequest, ImageParams
-from tests.helpers import local_bot_settings
+from tests.helpers import SolidEngine, local_bot_settings
 
 pytestmark = pytest.mark.timeout(180)
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-class SolidEngine:
-    """Solid images in two steps: enough for the worker, the journal and delivery to run for real."""
-
-    model_name = "solid"
-
-    def batch_key(self, request: GenerationRequest) -> tuple:
-        return (request.params.width, request.params.height, request.params.steps)
-
-    def generate(self, requests: Sequence[GenerationRequest], *, on_step: Any = None,
-                 should_stop: Any = None) -> list[list[Image.Image]]:
-        for step in (1, 2):
-            if on_step is not None:
-                on_step(step, 2, None)
-        return [[Image.new("RGB", (r.params.width, r.params.height), (r.params.seed % 256, 0, 0))
-                 for _ in range(r.params.count)] for r in requests]
-
-    def is_out_of_memory(self, exc: BaseException) -> bool:
-        return False
-
-    def free_memory(self) -> None:
-        pass
-
-    def tokens_truncated(self, params: ImageParams) -> bool:
-        return False
-
-    def model_label(self, params: ImageParams) -> str:
-        return self.model_name
 
 
 @pytest_asyncio.fixture

@@ -33,13 +33,14 @@ from generation.worker import (
     Placement,
     Progress,
 )
+from tests.helpers import SolidEngine
 
 pytestmark = pytest.mark.timeout(60)
 WAIT = 20.0
 MODEL = "fake-model"
 
 
-class FakeEngine:
+class FakeEngine(SolidEngine):
     """Solid-colour images from the seed; blocks on a gate and pauses after a step on demand."""
 
     def __init__(self, name: str = MODEL) -> None:
@@ -71,20 +72,10 @@ class FakeEngine:
             if step == self.pause_after_step:
                 self.paused.set()
                 assert self.resume.wait(WAIT), "test never resumed"
-        return [[Image.new("RGB", (r.params.width, r.params.height), ((r.params.seed + i) % 256, 0, 7))
-                 for i in range(r.params.count)] for r in requests]
+        return self.images(requests, blue=7)
 
     def preview(self, latents: Any) -> list[Image.Image]:
         return [Image.new("RGB", (8, 8), (i, 0, 0)) for i in range(latents["n"])]
-
-    def is_out_of_memory(self, exc: BaseException) -> bool:
-        return False
-
-    def free_memory(self) -> None:
-        pass
-
-    def tokens_truncated(self, prompt: str) -> bool:
-        return False
 
 
 def req(prompt: str, requester: str = "u1", *, size: int = 64, steps: int = 3, count: int = 1, seed: int = 1,
