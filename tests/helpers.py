@@ -22,6 +22,9 @@ from typing import Any, TypeVar
 
 import pytest
 from PIL import Image, ImageDraw
+from sqlalchemy import pool
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot.config import Settings, settings_from_mapping
 from bot.storage import repository
@@ -167,6 +170,20 @@ def fill_up(directory: Path) -> Path:
         except OSError as exc:
             assert exc.errno == errno.ENOSPC, exc
     return filler
+
+
+def on_connection(url: str, work: Callable[[Connection], Any]) -> Any:
+    """Run ``work`` with a plain (sync-style) connection to ``url``; from synchronous tests only (migrations)."""
+
+    async def run() -> Any:
+        engine = create_async_engine(url, poolclass=pool.NullPool)
+        try:
+            async with engine.begin() as conn:
+                return await conn.run_sync(work)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
 
 
 class SolidEngine:

@@ -5,39 +5,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, pool, text
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot.storage import repository
 from bot.storage.cli import db_main
 from bot.storage.db import Database, current_revision, run_alembic, upgrade_to_head
 from bot.storage.records import GuildStats
 from bot.storage.schema import metadata
-from tests.helpers import new_job
+from tests.helpers import new_job, on_connection
 
 CORE_TABLES = {"members", "guild_settings", "jobs", "images", "moderation_events", "rate_limit_ledger"}
 AGGREGATE_TABLES = {"guild_status_counts", "guild_member_counts", "guild_counters"}
-
-
-def on_connection(url: str, work: Callable[[Connection], Any]) -> Any:
-    """Run ``work`` with a plain (sync-style) connection to ``url``; from synchronous tests only."""
-
-    async def run() -> Any:
-        engine = create_async_engine(url, poolclass=pool.NullPool)
-        try:
-            async with engine.begin() as conn:
-                return await conn.run_sync(work)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
 
 
 def _tables(url: str) -> set[str]:

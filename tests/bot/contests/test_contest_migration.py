@@ -3,34 +3,21 @@ migrated schema."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
-from sqlalchemy import inspect, pool, text
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot.storage.db import current_revision, run_alembic
+from tests.helpers import on_connection
 
 CONTEST_TABLES = {"contests", "contest_entries", "contest_votes", "contest_results"}
 
 
-def _on_connection(url: str, work: Any) -> Any:
-    async def run() -> Any:
-        engine = create_async_engine(url, poolclass=pool.NullPool)
-        try:
-            async with engine.begin() as conn:
-                return await conn.run_sync(work)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
-
-
 def _tables(url: str) -> set[str]:
-    return _on_connection(url, lambda c: set(inspect(c).get_table_names()))
+    return on_connection(url, lambda c: set(inspect(c).get_table_names()))
 
 
 def test_0002_upgrade_downgrade(db_url: str) -> None:
@@ -59,7 +46,7 @@ def test_0002_constraints(db_url: str) -> None:
             for statement, params in statements:
                 conn.execute(statement, params)
 
-        _on_connection(db_url, work)
+        on_connection(db_url, work)
 
     run((insert_contest, {"channel": 5, "state": "finished"}), (insert_contest, {"channel": 5, "state": "running"}))
     with pytest.raises(IntegrityError):  # a second running contest in channel 5
