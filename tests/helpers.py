@@ -13,6 +13,7 @@ import errno
 import io
 import struct
 import subprocess
+import threading
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -218,3 +219,49 @@ class SolidEngine:
 
     def model_label(self, params: ImageParams) -> str:
         return self.model_name
+
+
+class SteppedEngine(SolidEngine):
+    """A :class:`SolidEngine` that runs each batch's denoising steps one by one, so a test can hold it before the
+    first step (``gate``), pause it after one (``pause_after_step``, then ``paused``/``resume``) and see where a
+    stop request landed (``stopped_at``). ``calls`` are the prompts of each generate() call, in order."""
+
+    wait = 20.0  # seconds it waits for the test before failing (only reached when something is broken)
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.entered = threading.Event()  # set when a generate() call starts
+        self.gate: threading.Event | None = None
+        self.pause_after_step: int | None = None
+        self.paused = threading.Event()
+        self.resume = threading.Event()
+        self.stopped_at: int | None = None
+
+    def batch_key(self, request: GenerationRequest) -> tuple:
+        p = request.params
+        return (p.width, p.height, p.steps, p.scheduler)
+
+    def generate(self, requests: Sequence[GenerationRequest], *, on_step: Any = None,
+                 should_stop: Any = None) -> list[list[Image.Image]]:
+        self.calls.append([r.params.prompt for r in requests])
+        self.entered.set()
+        self.before_steps(requests, len(self.calls) - 1)
+        total = requests[0].params.denoising_steps
+        for step in range(1, total + 1):
+            if should_stop is not None and should_stop():
+                self.stopped_at = step
+                return [[] for _ in requests]
+            if on_step is not None:
+                on_step(step, total, {"n": sum(r.params.count for r in requests)})
+            if step == self.pause_after_step:
+                self.paused.set()
+                assert self.resume.wait(self.wait), "test never resumed"
+        return self.images(requests, blue=7)
+
+    def before_steps(self, requests: Sequence[GenerationRequest], call: int) -> None:
+        """Where a subclass holds or fails call number ``call`` (0-based); here: wait for ``gate``."""
+        if self.gate is not None:
+            assert self.gate.wait(self.wait), "test never opened the gate"
+
+    def preview(self, latents: Any) -> list[Image.Image]:
+        return [Image.new("RGB", (8, 8), (i, 0, 0)) for i in range(latents["n"])]

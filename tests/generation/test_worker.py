@@ -26,6 +26,7 @@ from generation.worker import (
     Progress,
     QueueFullError,
 )
+from tests.helpers import SteppedEngine
 
 pytestmark = pytest.mark.timeout(30)
 WAIT = 10.0  # seconds a test waits on the fake engine before giving up (only reached when something is broken)
@@ -35,55 +36,36 @@ class FakeOOM(RuntimeError):
     pass
 
 
-class FakeEngine:
+class FakeEngine(SteppedEngine):
     """Solid-colour images from the seed; blocks and fails on demand."""
 
     model_name = "fake-model"
+    wait = WAIT
 
     def __init__(self) -> None:
-        self.calls: list[list[str]] = []  # prompts of each generate() call, in call order
+        super().__init__()
         self.threads: set[int] = set()
-        self.entered = threading.Event()  # set when a generate() call starts
-        self.gate: threading.Event | None = None  # when set to an Event, generate() waits for it before step 1
         self.gates: dict[int, threading.Event] = {}  # call number -> gate for that call only
         self._started: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
-        self.pause_after_step: int | None = None
-        self.paused = threading.Event()
-        self.resume = threading.Event()
-        self.stopped_at: int | None = None
         self.oom_if: Callable[[Sequence[GenerationRequest]], bool] = lambda requests: False
         self.fail_prompts: set[str] = set()
         self.freed = 0
         self.truncate_prompts: set[str] = set()
 
-    def batch_key(self, request: GenerationRequest) -> tuple:
-        p = request.params
-        return (p.width, p.height, p.steps, p.scheduler)
-
-    def generate(self, requests, *, on_step=None, should_stop=None):
+    def before_steps(self, requests: Sequence[GenerationRequest], call: int) -> None:
         self.threads.add(threading.get_ident())
-        call = len(self.calls)
-        self.calls.append([r.params.prompt for r in requests])
-        self.entered.set()
         self.started(call).set()
-        for gate in (self.gate, self.gates.get(call)):
-            if gate is not None:
-                assert gate.wait(WAIT), "test never opened the gate"
+        super().before_steps(requests, call)
+        gate = self.gates.get(call)
+        if gate is not None:
+            assert gate.wait(WAIT), "test never opened the gate"
         if any(r.params.prompt in self.fail_prompts for r in requests):
             raise ValueError("simulated engine bug")
         if self.oom_if(requests):
             raise FakeOOM("CUDA out of memory (simulated)")
-        total = requests[0].params.denoising_steps
-        for step in range(1, total + 1):
-            if should_stop is not None and should_stop():
-                self.stopped_at = step
-                return [[] for _ in requests]
-            if on_step is not None:
-                on_step(step, total, {"n": sum(r.params.count for r in requests)})
-            if step == self.pause_after_step:
-                self.paused.set()
-                assert self.resume.wait(WAIT), "test never resumed"
+
+    def images(self, requests: Sequence[GenerationRequest], blue: int = 7) -> list[list[Image.Image]]:
         return [[self.image(r.params, r.params.seed + i) for i in range(r.params.count)] for r in requests]
 
     def started(self, call: int) -> threading.Event:
@@ -94,9 +76,6 @@ class FakeEngine:
     @staticmethod
     def image(params: ImageParams, seed: int) -> Image.Image:
         return Image.new("RGB", (params.width, params.height), (seed % 256, (seed // 256) % 256, 7))
-
-    def preview(self, latents):
-        return [Image.new("RGB", (8, 8), (i, 0, 0)) for i in range(latents["n"])]
 
     def is_out_of_memory(self, exc: BaseException) -> bool:
         return isinstance(exc, FakeOOM)

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from PIL import Image
 
 from generation.dispatch import wire
 from generation.dispatch.redis_backend import RedisRunner, connect
@@ -33,49 +32,21 @@ from generation.worker import (
     Placement,
     Progress,
 )
-from tests.helpers import SolidEngine
+from tests.helpers import SteppedEngine
 
 pytestmark = pytest.mark.timeout(60)
 WAIT = 20.0
 MODEL = "fake-model"
 
 
-class FakeEngine(SolidEngine):
+class FakeEngine(SteppedEngine):
     """Solid-colour images from the seed; blocks on a gate and pauses after a step on demand."""
 
+    wait = WAIT
+
     def __init__(self, name: str = MODEL) -> None:
+        super().__init__()
         self.model_name = name
-        self.calls: list[list[str]] = []
-        self.entered = threading.Event()
-        self.gate: threading.Event | None = None
-        self.pause_after_step: int | None = None
-        self.paused = threading.Event()
-        self.resume = threading.Event()
-        self.stopped_at: int | None = None
-
-    def batch_key(self, request: GenerationRequest) -> tuple:
-        return (request.params.width, request.params.height, request.params.steps, request.params.scheduler)
-
-    def generate(self, requests: Sequence[GenerationRequest], *, on_step: Callable[..., None] | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> list[list[Image.Image]]:
-        self.calls.append([r.params.prompt for r in requests])
-        self.entered.set()
-        if self.gate is not None:
-            assert self.gate.wait(WAIT), "test never opened the gate"
-        total = requests[0].params.steps
-        for step in range(1, total + 1):
-            if should_stop is not None and should_stop():
-                self.stopped_at = step
-                return [[] for _ in requests]
-            if on_step is not None:
-                on_step(step, total, {"n": sum(r.params.count for r in requests)})
-            if step == self.pause_after_step:
-                self.paused.set()
-                assert self.resume.wait(WAIT), "test never resumed"
-        return self.images(requests, blue=7)
-
-    def preview(self, latents: Any) -> list[Image.Image]:
-        return [Image.new("RGB", (8, 8), (i, 0, 0)) for i in range(latents["n"])]
 
 
 def req(prompt: str, requester: str = "u1", *, size: int = 64, steps: int = 3, count: int = 1, seed: int = 1,
